@@ -1,0 +1,188 @@
+"""``kldet-data``: write the synthetic data set, or check a data set and describe it.
+
+kldet-data synth out=DIR num_images=N seed=S [image_size=512] [format=aitod|dior] [val_fraction=0.2]
+kldet-data check format=aitod ann=FILE images=DIR      (or format=aitod root=DIR split=NAME)
+kldet-data check format=dior root=DIR split=NAME
+kldet-data check format=coco ann=FILE images=DIR
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from rich.console import Console
+from rich.table import Table
+
+from kldet.data import find_aitod_split, read_aitod, read_coco, read_dior
+from kldet.data.records import PROBLEM_KINDS, DetectionSet
+from kldet.data.stats import SIZE_BIN_EDGES, SIZE_BINS, summarize
+from kldet.errors import KLDetConfigError, KLDetError
+
+USAGE = (__doc__ or "").split("\n\n", 1)[1]
+
+
+class SynthFormat(Enum):
+    aitod = "aitod"
+    dior = "dior"
+
+
+class DataFormat(Enum):
+    aitod = "aitod"
+    dior = "dior"
+    coco = "coco"
+
+
+@dataclass
+class SynthConfig:
+    """``kldet-data synth``: see :func:`kldet.data.synthetic.generate`."""
+
+    out: str = MISSING
+    num_images: int = 200
+    seed: int = 0
+    image_size: int = 512
+    format: SynthFormat = SynthFormat.aitod
+    val_fraction: float = 0.2
+
+
+@dataclass
+class CheckConfig:
+    """``kldet-data check``: ``ann`` + ``images`` (aitod, coco) or ``root`` + ``split`` (aitod, dior)."""
+
+    format: DataFormat = DataFormat.aitod
+    ann: str | None = None
+    images: str | None = None
+    root: str | None = None
+    split: str | None = None
+    decode: bool = False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs ``kldet-data``; returns the exit status (0 fine, 1 problems found or bad data, 2 bad arguments)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    console = Console(highlight=False, markup=False, soft_wrap=True)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        console.print(USAGE)
+        return 0 if argv else 2
+    command, overrides = argv[0], argv[1:]
+    if command not in ("synth", "check"):
+        console.print(f"kldet-data: unknown command {command!r}\n\n{USAGE}")
+        return 2
+    try:
+        config = _parse(SynthConfig if command == "synth" else CheckConfig, overrides)
+    except (OmegaConfBaseException, ValueError) as error:
+        console.print(f"kldet-data {command}: {_first_line(error)}\n\n{USAGE}")
+        return 2
+    try:
+        return _synth(config, console) if command == "synth" else _check(config, console)
+    except KLDetConfigError as error:
+        console.print(f"kldet-data {command}: {error}")
+        return 2
+    except KLDetError as error:
+        console.print(f"kldet-data {command}: {error}")
+        return 1
+
+
+def _parse(schema: type, overrides: list[str]):
+    """``schema`` filled from ``key=value`` arguments; an unknown key, a bad value or a missing one raises."""
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"argument {item!r} is not key=value")
+    config = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.from_dotlist(overrides))
+    missing = sorted(OmegaConf.missing_keys(config))
+    if missing:
+        raise ValueError(f"missing {', '.join(k + '=' for k in missing)}")
+    return OmegaConf.to_object(config)
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def _synth(config: SynthConfig, console: Console) -> int:
+    from kldet.data.synthetic import generate
+
+    written = generate(
+        config.out,
+        config.num_images,
+        config.seed,
+        image_size=config.image_size,
+        format=config.format.value,
+        val_fraction=config.val_fraction,
+        progress=True,
+    )
+    console.print(
+        f"wrote {config.num_images} images of {config.image_size}x{config.image_size} to {config.out}"
+    )
+    for split, path in written.items():
+        console.print(f"  {split}: {path}")
+    check = f"format={config.format.value} root={config.out} split=train"
+    console.print(f"check it with: kldet-data check {check}")
+    return 0
+
+
+def _check(config: CheckConfig, console: Console) -> int:
+    options = {"strict": False, "decode": config.decode, "progress": True}
+    if config.format is DataFormat.dior:
+        if config.root is None or config.split is None:
+            raise KLDetConfigError("format=dior needs root=DIR split=NAME")
+        dataset = read_dior(config.root, config.split, **options)
+    elif config.ann is not None and config.images is not None:
+        reader = read_aitod if config.format is DataFormat.aitod else read_coco
+        dataset = reader(config.ann, config.images, **options)
+    elif config.format is DataFormat.aitod and config.root is not None and config.split is not None:
+        dataset = read_aitod(*find_aitod_split(config.root, config.split), **options)
+    else:
+        raise KLDetConfigError(
+            f"format={config.format.value} needs ann=FILE images=DIR"
+            + " (or root=DIR split=NAME)" * (config.format is DataFormat.aitod)
+        )
+    _print_summary(dataset, console)
+    return 1 if dataset.problems else 0
+
+
+def _print_summary(dataset: DetectionSet, console: Console) -> None:
+    summary = summarize(dataset)
+    console.print(str(dataset.source), style="bold")
+    console.print(
+        f"images: {summary.images} ({summary.empty_images} without objects)   objects: {summary.objects}   "
+        f"ignored regions: {summary.ignored}   boxes clipped to their image: {dataset.clipped_boxes}"
+    )
+    if summary.objects:
+        console.print(
+            f"object size sqrt(area): mean {summary.mean_size:.1f} px, median {summary.median_size:.1f} px"
+        )
+    classes = Table(title="objects per class")
+    classes.add_column("class")
+    classes.add_column("objects", justify="right")
+    for name, count in summary.class_counts.items():
+        classes.add_row(name, str(count))
+    console.print(classes)
+    edges = (0, *SIZE_BIN_EDGES, math.inf)
+    bins = Table(title="AI-TOD size bins (sqrt of box area)")
+    for column in ("bin", "range (px)", "objects", "share"):
+        bins.add_column(column, justify="left" if column == "bin" else "right")
+    for k, name in enumerate(SIZE_BINS):
+        count = summary.size_bins[name]
+        share = f"{100 * count / summary.objects:.1f}%" if summary.objects else "-"
+        bins.add_row(name, f"{edges[k]:g}-{edges[k + 1]:g}", str(count), share)
+    console.print(bins)
+    if not dataset.problems:
+        console.print("no problems found", style="green")
+        return
+    console.print(f"{len(dataset.problems)} problem(s):", style="red")
+    for problem in dataset.problems:
+        console.print(f"  [{problem.kind}] {problem}")
+    counts = Counter(p.kind for p in dataset.problems)
+    for kind, count in sorted(counts.items()):
+        console.print(f"  {count:6d} {kind}: {PROBLEM_KINDS[kind]}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""``key=value`` command lines parsed into a dataclass, for the CLIs that need no Hydra composition.
+
+The dataclass is the schema (OmegaConf structured config): an unknown key, a value of the wrong type or a
+required key (default ``omegaconf.MISSING``) left out is one clear :class:`kldet.errors.KLDetConfigError`.
+"""
+
+import dataclasses
+import typing
+from collections.abc import Sequence
+from typing import TypeVar
+
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from kldet.errors import KLDetConfigError
+
+Config = TypeVar("Config")
+
+
+def usage(schema: type, prog: str, doc: str | None) -> str:
+    """Help text: the CLI's docstring, then every key with its type, default and ``help`` metadata."""
+    hints = typing.get_type_hints(schema)
+    lines = [(doc or "").strip(), "", f"{prog} keys (key=value):"]
+    for field in dataclasses.fields(schema):
+        kind = getattr(hints[field.name], "__name__", None) or str(hints[field.name]).replace("typing.", "")
+        default = {MISSING: " (required)", None: ""}.get(field.default, f" (default {field.default!r})")
+        lines.append(f"  {field.name:<16} {kind:<14} {field.metadata.get('help', '')}{default}")
+    return "\n".join(lines)
+
+
+def parse_dotlist(
+    schema: type[Config], argv: Sequence[str], prog: str, doc: str | None = None
+) -> Config | None:
+    """Parse ``key=value`` arguments into an instance of the dataclass ``schema``.
+
+    Returns:
+        the config, or None after printing the help when ``argv`` holds ``-h`` or ``--help``.
+
+    Raises:
+        KLDetConfigError: an argument without ``=``, an unknown key, a bad value or a missing required key.
+    """
+    if any(arg in ("-h", "--help") for arg in argv):
+        print(usage(schema, prog, doc))
+        return None
+    for arg in argv:
+        if "=" not in arg:
+            raise KLDetConfigError(f"{prog}: expected key=value arguments, got {arg!r} (see {prog} --help)")
+    try:
+        config = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.from_dotlist(list(argv)))
+        missing = sorted(OmegaConf.missing_keys(config))
+        if missing:
+            raise KLDetConfigError(f"{prog}: missing required " + " ".join(f"{key}=..." for key in missing))
+        return OmegaConf.to_object(config)
+    except OmegaConfBaseException as error:
+        message = str(error).splitlines()[0]
+        raise KLDetConfigError(f"{prog}: {message} (see {prog} --help)") from None

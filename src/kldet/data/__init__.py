@@ -1,0 +1,30 @@
+"""Data sets as records: readers with validation, a synthetic set, transforms, a Dataset and collate."""
+
+from kldet.data.aitod import AITOD_CLASSES, find_aitod_split, read_aitod
+from kldet.data.coco import read_coco, to_coco
+from kldet.data.dataset import DetectionDataset, collate, load_image
+from kldet.data.dior import DIOR_CLASSES, read_dior, read_voc
+from kldet.data.folder import read_image_folder
+from kldet.data.records import DetectionSet, Problem, Record
+from kldet.data.transforms import IMAGENET_MEAN, IMAGENET_STD, DetectionTransform
+
+__all__ = [
+    "AITOD_CLASSES",
+    "DIOR_CLASSES",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "DetectionDataset",
+    "DetectionSet",
+    "DetectionTransform",
+    "Problem",
+    "Record",
+    "collate",
+    "find_aitod_split",
+    "load_image",
+    "read_aitod",
+    "read_coco",
+    "read_dior",
+    "read_image_folder",
+    "read_voc",
+    "to_coco",
+]

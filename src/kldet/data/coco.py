@@ -1,0 +1,241 @@
+"""COCO detection JSON: reading (with validation) into records, and writing records back."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from kldet.data.records import (
+    DetectionSet,
+    ProblemLog,
+    Record,
+    check_box,
+    check_image,
+    normalize_class_name,
+    stack_boxes,
+)
+from kldet.errors import KLDetDataError
+
+
+def read_coco(
+    ann_file: str | Path,
+    image_dir: str | Path,
+    strict: bool = True,
+    classes: Sequence[str] | None = None,
+    decode: bool = False,
+    progress: bool = False,
+) -> DetectionSet:
+    """Reads a COCO detection annotation file and checks it against the images in ``image_dir``.
+
+    Crowd annotations (``iscrowd: 1``, or ``ignore: 1`` as some AI-TOD files write) become ignored
+    regions. Images are checked by header (``decode`` also decodes them).
+
+    Args:
+        ann_file: COCO JSON with ``images``, ``annotations`` and ``categories``.
+        image_dir: folder the images' ``file_name`` is relative to.
+        strict: raise :class:`~kldet.errors.KLDetDataError` on the first problem (after checking
+            everything); otherwise skip bad images and annotations and log a count.
+        classes: fixed class order, matched to category names case-, hyphen- and space-insensitively;
+            categories not in it are unknown classes. None takes the categories sorted by id.
+        progress: show a progress bar while checking images.
+
+    Returns:
+        :class:`DetectionSet` with records in the file's image order.
+    """
+    ann_file, image_dir = Path(ann_file), Path(image_dir)
+    data = _load(ann_file)
+    log = ProblemLog(ann_file)
+    class_names, category_ids, label_of, category_names = _categories(data["categories"], ann_file, classes)
+
+    images: dict[int, Record | None] = {}  # None: the image is skipped, and so are its annotations
+    ids = Counter(entry.get("id") for entry in data["images"] if isinstance(entry, dict))
+    for index, entry in enumerate(
+        tqdm(data["images"], desc=f"checking {ann_file.name}", disable=not progress)
+    ):
+        image_id = entry.get("id") if isinstance(entry, dict) else None
+        file_name = entry.get("file_name") if isinstance(entry, dict) else None
+        if not _is_int(image_id) or not isinstance(file_name, str):
+            message = "needs an integer id and a file_name"
+            log.add("malformed_record", ann_file, f"images[{index}]", message, "image")
+            if _is_int(image_id):  # its annotations go with it, without a problem each
+                images[image_id] = None
+            continue
+        record = f"image id {image_id} ({file_name})"
+        if ids[image_id] > 1:
+            if image_id not in images:
+                message = (
+                    f"image id {image_id} occurs {ids[image_id]} times; its annotations cannot be attributed"
+                )
+                log.add("duplicate_id", ann_file, record, message, "image")
+            images[image_id] = None
+            continue
+        declared = (entry.get("width"), entry.get("height"))
+        declared = tuple(int(v) for v in declared) if all(_is_number(v) for v in declared) else None
+        size = check_image(log, ann_file, record, image_dir / file_name, declared, decode)
+        images[image_id] = None if size is None else Record(image_dir / file_name, *size, image_id=image_id)
+
+    boxes, labels, ignored = defaultdict(list), defaultdict(list), defaultdict(list)
+    annotation_ids = set()
+    for index, annotation in enumerate(data["annotations"]):
+        if not isinstance(annotation, dict):
+            log.add(
+                "malformed_annotation", ann_file, f"annotations[{index}]", "is not an object", "annotation"
+            )
+            continue
+        annotation_id, image_id = annotation.get("id"), annotation.get("image_id")
+        if image_id not in images:
+            message = f"refers to image id {image_id!r}, which the file does not list"
+            log.add("unknown_image", ann_file, f"annotation id {annotation_id}", message, "annotation")
+            continue
+        image = images[image_id]
+        if image is None:
+            continue
+        record = f"image id {image_id} ({image.image_path.name}), annotation id {annotation_id}"
+        if annotation_id is not None:
+            if annotation_id in annotation_ids:
+                log.add("duplicate_id", ann_file, record, "annotation id occurs twice", "annotation")
+                continue
+            annotation_ids.add(annotation_id)
+        bbox = annotation.get("bbox")
+        if not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
+            log.add(
+                "malformed_annotation", ann_file, record, f"bbox {bbox!r} is not [x, y, w, h]", "annotation"
+            )
+            continue
+        category_id = annotation.get("category_id")
+        if category_id not in label_of:
+            known = (
+                f"one of the classes {', '.join(class_names)}"
+                if classes is not None
+                else "in the file's categories"
+            )
+            name = f" ({category_names[category_id]!r})" if category_id in category_names else ""
+            message = f"category_id {category_id!r}{name} is not {known}"
+            log.add("unknown_class", ann_file, record, message, "annotation")
+            continue
+        x, y, w, h = (float(v) for v in bbox)
+        written = f"bbox {bbox} (xywh)"
+        box = check_box(log, ann_file, record, (x, y, x + w, y + h), image.width, image.height, written)
+        if box is None:
+            continue
+        if annotation.get("iscrowd") or annotation.get("ignore"):
+            ignored[image_id].append(box)
+        else:
+            boxes[image_id].append(box)
+            labels[image_id].append(label_of[category_id])
+
+    records = []
+    for image_id, image in images.items():
+        if image is not None:
+            image.boxes, image.ignored = stack_boxes(boxes[image_id]), stack_boxes(ignored[image_id])
+            image.labels = np.array(labels[image_id], np.int64)
+            records.append(image)
+    log.finish(strict)
+    return log.detection_set(records, class_names, category_ids)
+
+
+def categories_of(ann_file: str | Path) -> tuple[list[str], list[int]]:
+    """``(class names, category ids)`` of a COCO file's categories, sorted by id, as :func:`read_coco` takes them."""
+    ann_file = Path(ann_file)
+    names, category_ids, _, _ = _categories(_load(ann_file)["categories"], ann_file, None)
+    return names, category_ids
+
+
+def to_coco(
+    records: Sequence[Record],
+    classes: Sequence[str],
+    category_ids: Sequence[int],
+    image_dir: str | Path | None = None,
+) -> dict:
+    """A COCO detection dict (``bbox`` as ``[x, y, w, h]``) of ``records``' boxes.
+
+    Ignored regions are not written: a record does not know their class, which COCO crowd boxes need.
+
+    Args:
+        image_dir: ``file_name`` is the image path relative to it; None writes the bare file name.
+    """
+    images, annotations = [], []
+    for record in records:
+        file_name = (
+            record.image_path.relative_to(image_dir) if image_dir is not None else record.image_path.name
+        )
+        images.append(
+            {
+                "id": int(record.image_id),
+                "file_name": str(file_name),
+                "width": record.width,
+                "height": record.height,
+            }
+        )
+        for box, label in zip(record.boxes.tolist(), record.labels.tolist(), strict=True):
+            w, h = box[2] - box[0], box[3] - box[1]
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": int(record.image_id),
+                    "category_id": int(category_ids[label]),
+                    "bbox": [box[0], box[1], w, h],
+                    "area": w * h,
+                    "iscrowd": 0,
+                }
+            )
+    categories = [{"id": int(i), "name": name} for i, name in zip(category_ids, classes, strict=True)]
+    return {"images": images, "annotations": annotations, "categories": categories}
+
+
+def _load(path: Path) -> dict:
+    """The parsed annotation file, with ``images``, ``annotations`` and ``categories`` lists."""
+    try:
+        with path.open("rb") as f:
+            data = json.load(f)
+    except (FileNotFoundError, NotADirectoryError):
+        raise KLDetDataError(f"{path}: annotation file not found") from None
+    except json.JSONDecodeError as error:
+        raise KLDetDataError(
+            f"{path}: not valid JSON: {error.msg} (line {error.lineno}, column {error.colno})"
+        ) from None
+    except UnicodeDecodeError:
+        raise KLDetDataError(f"{path}: not a text file") from None
+    except OSError as error:
+        raise KLDetDataError(f"{path}: cannot read annotation file: {error.strerror}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise KLDetDataError(f'{path}: not a COCO annotation file (needs an object with an "images" list)')
+    data.setdefault("annotations", [])
+    if not isinstance(data["annotations"], list) or not isinstance(data.get("categories"), list):
+        raise KLDetDataError(f'{path}: "annotations" and "categories" must be lists')
+    return data
+
+
+def _categories(categories: list, path: Path, classes: Sequence[str] | None):
+    """``(class names, category id of each class, label of each known category id, name of every category id)``."""
+    names = {}
+    for index, category in enumerate(categories):
+        if not isinstance(category, dict) or not _is_int(category.get("id")) or "name" not in category:
+            raise KLDetDataError(f"{path}: categories[{index}] needs an integer id and a name")
+        if category["id"] in names:
+            raise KLDetDataError(f"{path}: category id {category['id']} occurs twice")
+        names[category["id"]] = str(category["name"])
+    if classes is None:
+        ids = sorted(names)
+        return [names[i] for i in ids], ids, {i: label for label, i in enumerate(ids)}, names
+    wanted = {normalize_class_name(name): label for label, name in enumerate(classes)}
+    label_of = {
+        i: wanted[normalize_class_name(n)] for i, n in names.items() if normalize_class_name(n) in wanted
+    }
+    category_ids = list(range(1, len(classes) + 1))
+    for category_id, label in label_of.items():
+        category_ids[label] = category_id
+    return list(classes), category_ids, label_of, names
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -1,0 +1,265 @@
+"""The one record type every reader returns, and the validation every reader shares.
+
+Readers walk a data set, check each image header and each box, and write what is wrong into a
+:class:`ProblemLog`. Strict loading then raises one :class:`~kldet.errors.KLDetDataError` naming the
+file and the record; lenient loading drops the bad image or annotation, counts it by kind and logs
+a summary.
+
+Box policy (the same for every format):
+
+- a box partly outside the image is clipped to it (counted, not a problem);
+- a box with zero or negative width or height, or a non-finite coordinate, is ``invalid_box``;
+- a box with no overlap with the image is ``box_outside_image``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from kldet.errors import KLDetDataError
+
+logger = logging.getLogger(__name__)
+
+#: What a reader can find wrong. Lenient loading drops the image for the first six kinds and the
+#: annotation for the last five; for ``duplicate_id`` it drops the later annotation or split-file
+#: line, and every COCO image entry sharing the id (their annotations cannot be told apart).
+PROBLEM_KINDS = {
+    "missing_image": "the image file does not exist",
+    "corrupt_image": "the image header cannot be read",
+    "size_mismatch": "the annotated image size differs from the image file",
+    "missing_annotation": "a VOC split lists an image without an XML file",
+    "unreadable_annotation": "a VOC XML file cannot be parsed",
+    "malformed_record": "an image entry lacks a field or has one of the wrong type",
+    "duplicate_id": "an image or annotation id occurs twice",
+    "unknown_image": "an annotation refers to an image id not in the file",
+    "malformed_annotation": "an annotation lacks a field or has one of the wrong type",
+    "unknown_class": "an annotation's class is not one of the data set's classes",
+    "invalid_box": "a box has zero, negative or non-finite width or height",
+    "box_outside_image": "a box does not overlap its image",
+}
+
+
+@dataclass
+class Record:
+    """One image and its annotations, in the image's own pixels.
+
+    Arrays are numpy, not tensors: DataLoader workers started with spawn or forkserver pickle the
+    records, and pickled tensors each open a shared-memory file.
+
+    Attributes:
+        image_path: the image file.
+        width, height: image size in pixels, read from the image header.
+        boxes: (G, 4) float32 ``xyxy`` boxes to detect.
+        labels: (G,) int64 class indices ``0..C-1``.
+        ignored: (K, 4) float32 ``xyxy`` regions that count neither as objects nor as background
+            in evaluation (COCO crowd, VOC difficult, DIOR boxes under half a pixel).
+        image_id: the data set's own image id (COCO ``id``; the numeric DIOR file stem).
+    """
+
+    image_path: Path
+    width: int
+    height: int
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    ignored: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    image_id: int = 0
+
+    def __post_init__(self) -> None:
+        self.image_path = Path(self.image_path)
+        self.boxes = np.asarray(self.boxes, np.float32).reshape(-1, 4)
+        self.labels = np.asarray(self.labels, np.int64).reshape(-1)
+        self.ignored = np.asarray(self.ignored, np.float32).reshape(-1, 4)
+        if len(self.boxes) != len(self.labels):
+            raise ValueError(f"{len(self.boxes)} boxes but {len(self.labels)} labels")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a data set: ``kind`` is a key of :data:`PROBLEM_KINDS`."""
+
+    kind: str
+    file: Path
+    record: str
+    message: str
+    skips: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.record}: {self.message}"
+
+
+@dataclass
+class DetectionSet:
+    """What a reader returns.
+
+    Attributes:
+        records: the images that passed validation, in the data set's order.
+        classes: class names; ``labels`` index into it.
+        category_ids: the data set's category id of each class (for results files).
+        source: the annotation file or data set root that was read.
+        problems: everything found wrong (empty after a strict read).
+        clipped_boxes: boxes that reached outside their image and were clipped to it.
+    """
+
+    records: list[Record]
+    classes: list[str]
+    category_ids: list[int]
+    source: Path
+    problems: list[Problem] = field(default_factory=list)
+    clipped_boxes: int = 0
+
+
+class ProblemLog:
+    """Collects the problems and clipped boxes a reader finds in ``source``."""
+
+    def __init__(self, source: Path):
+        self.source = source
+        self.problems: list[Problem] = []
+        self.clipped_boxes = 0
+
+    def add(self, kind: str, file: Path, record: str, message: str, skips: str) -> None:
+        """Notes a problem; ``skips`` says what lenient loading drops for it: "image" or "annotation"."""
+        self.problems.append(Problem(kind, file, record, message, skips))
+
+    def finish(self, strict: bool) -> None:
+        """Raises the first problem when ``strict``; otherwise logs a count of what was skipped."""
+        if not self.problems:
+            return
+        if strict:
+            more = len(self.problems) - 1
+            hint = (
+                f"\n({more} more problem{'s' if more > 1 else ''}; `kldet-data check` lists all, "
+                "lenient loading skips them)"
+                if more
+                else ""
+            )
+            raise KLDetDataError(f"{self.problems[0]}{hint}")
+        logger.warning("%s", self.summary())
+
+    def summary(self) -> str:
+        """One line: how many images and annotations were skipped, by kind."""
+        skipped = Counter(p.skips for p in self.problems)
+        kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(Counter(p.kind for p in self.problems).items()))
+        return (
+            f"{self.source}: skipped {skipped['image']} image(s) and {skipped['annotation']} annotation(s) "
+            f"({kinds})"
+        )
+
+    def detection_set(
+        self, records: list[Record], classes: Sequence[str], category_ids: Sequence[int]
+    ) -> DetectionSet:
+        """The :class:`DetectionSet` of ``records`` with this log's problems."""
+        return DetectionSet(
+            records, list(classes), list(category_ids), self.source, self.problems, self.clipped_boxes
+        )
+
+
+def image_size(path: Path, decode: bool = False) -> tuple[int, int]:
+    """``(width, height)`` of an image, from its header only unless ``decode``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        KLDetDataError: the file is not a readable image (message without the path).
+    """
+    try:
+        with Image.open(path) as image:
+            if decode:
+                image.load()
+            return image.size
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise FileNotFoundError(path) from None
+    except UnidentifiedImageError:
+        raise KLDetDataError("not an image file PIL can identify") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise KLDetDataError(f"corrupt image ({error})") from None
+
+
+def check_image(
+    log: ProblemLog,
+    file: Path,
+    record: str,
+    path: Path,
+    declared: tuple[int, int] | None,
+    decode: bool,
+) -> tuple[int, int] | None:
+    """The image's ``(width, height)``, or None after logging why the image cannot be used.
+
+    Args:
+        file: the annotation file the problem is reported against.
+        record: how the problem names the record, e.g. ``"image id 7 (a.png)"``.
+        declared: ``(width, height)`` the annotation states, checked against the header; None skips it.
+    """
+    try:
+        size = image_size(path, decode)
+    except FileNotFoundError:
+        log.add("missing_image", file, record, f"image file {path} not found", "image")
+        return None
+    except KLDetDataError as error:
+        log.add("corrupt_image", file, record, f"image file {path}: {error}", "image")
+        return None
+    if declared is not None and tuple(declared) != size:
+        log.add(
+            "size_mismatch",
+            file,
+            record,
+            f"annotated size {declared[0]}x{declared[1]} but image {path} is {size[0]}x{size[1]}",
+            "image",
+        )
+        return None
+    return size
+
+
+def check_box(
+    log: ProblemLog,
+    file: Path,
+    record: str,
+    box: Sequence[float],
+    width: int,
+    height: int,
+    written: str | None = None,
+) -> tuple[float, float, float, float] | None:
+    """The ``xyxy`` box clipped to a ``width`` x ``height`` image, or None after logging why it is unusable.
+
+    Plain floats, not arrays: readers call this once per annotation, hundreds of thousands of times.
+
+    Args:
+        written: the box as the file writes it, for the message (default: ``box`` as xyxy).
+
+    Returns:
+        the clipped box, or None for a zero-size, negative, non-finite or fully outside box.
+    """
+    x1, y1, x2, y2 = (float(v) for v in box)
+    shown = written or "box [" + ", ".join(f"{v:g}" for v in (x1, y1, x2, y2)) + "] (xyxy)"
+    if not (math.isfinite(x1) and math.isfinite(y1) and math.isfinite(x2) and math.isfinite(y2)):
+        log.add("invalid_box", file, record, f"{shown} has a non-finite coordinate", "annotation")
+        return None
+    if x2 <= x1 or y2 <= y1:
+        side = "width" if x2 <= x1 else "height"
+        size = "zero" if (x2 == x1 if side == "width" else y2 == y1) else "negative"
+        log.add("invalid_box", file, record, f"{shown} has {size} {side}", "annotation")
+        return None
+    clipped = (max(x1, 0.0), max(y1, 0.0), min(x2, float(width)), min(y2, float(height)))
+    if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
+        message = f"{shown} lies outside the {width}x{height} image"
+        log.add("box_outside_image", file, record, message, "annotation")
+        return None
+    if clipped != (x1, y1, x2, y2):
+        log.clipped_boxes += 1
+    return clipped
+
+
+def normalize_class_name(name: str) -> str:
+    """Case-, space-, hyphen- and underscore-insensitive form: ``Expressway-Service-area`` -> ``expresswayservicearea``."""
+    return "".join(c for c in str(name).lower() if c not in " -_")
+
+
+def stack_boxes(boxes: Sequence[Sequence[float]]) -> np.ndarray:
+    """(N, 4) float32 array of N boxes (no boxes give (0, 4))."""
+    return np.array(boxes, np.float32).reshape(-1, 4)

@@ -1,0 +1,261 @@
+"""The LightningDataModule: reads the splits of one data set and serves padded batches."""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from kldet.data import (
+    AITOD_CLASSES,
+    DIOR_CLASSES,
+    DetectionDataset,
+    DetectionSet,
+    DetectionTransform,
+    collate,
+    find_aitod_split,
+    read_aitod,
+    read_coco,
+    read_dior,
+    read_image_folder,
+)
+from kldet.data.coco import categories_of
+from kldet.errors import KLDetConfigError
+
+FORMATS = ("aitod", "dior", "coco")
+STAGES = ("train", "val", "test")
+
+
+class KLDetDataModule(L.LightningDataModule):
+    """Train, val, test and predict loaders over an AI-TOD, DIOR or COCO data set.
+
+    Every argument is a plain value, so a Hydra config instantiates it directly.
+
+    Args:
+        format: ``"aitod"`` (COCO JSON, the 8 AI-TOD classes), ``"dior"`` (VOC layout, 20 classes)
+            or ``"coco"`` (any COCO JSON; classes from its categories).
+        root: data set root. aitod: ``annotations/`` and image folders (see
+            :func:`kldet.data.find_aitod_split`); dior: ``Annotations/``, ``JPEGImages/``,
+            ``ImageSets/Main/``; coco: ``annotations/<split>.json`` or ``instances_<split>.json`` and
+            ``<split>/``.
+        train_split, val_split, test_split: split names; None leaves that stage without data.
+        train_ann, val_ann, test_ann, train_images, val_images, test_images: annotation file and
+            image folder of a split, overriding what ``root`` and the split name give (aitod, coco).
+        predict_images: folder of images to predict; None predicts the test split.
+        batch_size: training images per batch; ``eval_batch_size`` for the other loaders (default the same).
+        num_workers, persistent_workers: DataLoader worker processes, kept alive between epochs.
+        pin_memory: page-locked batches; None pins when CUDA is available.
+        lenient: skip bad images and annotations (counted in a logged summary) instead of raising.
+        decode_check: decode every image while reading a split, not only its header.
+        max_size: longer image side after resizing (keeping the aspect ratio); None keeps sizes.
+        hflip, vflip, rotate90: training augmentation probabilities.
+        size_divisor: batches are zero-padded to a multiple of it.
+    """
+
+    def __init__(
+        self,
+        format: str = "aitod",
+        root: str | None = None,
+        train_split: str | None = "trainval",
+        val_split: str | None = "test",
+        test_split: str | None = "test",
+        train_ann: str | None = None,
+        val_ann: str | None = None,
+        test_ann: str | None = None,
+        train_images: str | None = None,
+        val_images: str | None = None,
+        test_images: str | None = None,
+        predict_images: str | None = None,
+        batch_size: int = 2,
+        eval_batch_size: int | None = None,
+        num_workers: int = 2,
+        persistent_workers: bool = True,
+        pin_memory: bool | None = None,
+        lenient: bool = False,
+        decode_check: bool = False,
+        max_size: int | None = 800,
+        hflip: float = 0.5,
+        vflip: float = 0.0,
+        rotate90: float = 0.0,
+        size_divisor: int = 32,
+    ):
+        super().__init__()
+        if format not in FORMATS:
+            raise KLDetConfigError(f"data format={format!r} is not one of {', '.join(FORMATS)}")
+        self.format = format
+        self.root = Path(root) if root is not None else None
+        self.splits = {"train": train_split, "val": val_split, "test": test_split}
+        self.ann_files = {"train": train_ann, "val": val_ann, "test": test_ann}
+        self.image_dirs = {"train": train_images, "val": val_images, "test": test_images}
+        self.predict_images = predict_images
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.lenient = lenient
+        self.decode_check = decode_check
+        self.train_transform = DetectionTransform(max_size, hflip=hflip, vflip=vflip, rotate90=rotate90)
+        self.eval_transform = DetectionTransform(max_size)
+        self.size_divisor = size_divisor
+        self.sets: dict[str, DetectionSet] = {}
+        self._categories: tuple[list[str], list[int]] | None = None
+
+    # --- what the model and the evaluation need -------------------------------------------------------
+
+    @property
+    def classes(self) -> list[str]:
+        """Class names; labels index into them."""
+        return self._class_info()[0]
+
+    @property
+    def category_ids(self) -> list[int]:
+        """The data set's category id of each class, for results files (from the annotation file once a
+        split is read; AI-TOD's are 1..8 and DIOR has none, so 1..20)."""
+        if self.sets:
+            return next(iter(self.sets.values())).category_ids
+        return self._class_info()[1]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def ground_truth(self, stage: str) -> DetectionSet:
+        """The records of ``stage`` ("train", "val" or "test"): boxes, labels and ignored regions in
+        original pixels, with the image ids that predictions are matched on. Reads the split if needed."""
+        if stage not in self.sets:
+            self.sets[stage] = self.read_split(stage)
+        return self.sets[stage]
+
+    def annotation_file(self, stage: str) -> Path | None:
+        """The COCO JSON of ``stage`` (aitod, coco), for evaluators that read ground truth from a file."""
+        return None if self.format == "dior" else self.locate(stage)[0]
+
+    # --- Lightning hooks ------------------------------------------------------------------------------
+
+    def setup(self, stage: str | None = None) -> None:
+        predict = () if self.predict_images is not None else ("test",)
+        needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": predict}
+        for split_stage in needed.get(stage, STAGES):
+            if self.has_split(split_stage):
+                self.ground_truth(split_stage)
+
+    def train_dataloader(self) -> DataLoader:
+        if not self.has_split("train"):
+            raise KLDetConfigError(
+                "no training data: set train_split= (with root=) or train_ann= and train_images="
+            )
+        return self._loader(self.ground_truth("train"), self.train_transform, self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        # An empty list is Lightning's way of saying there is nothing to validate on.
+        if not self.has_split("val"):
+            return []
+        return self._loader(self.ground_truth("val"), self.eval_transform, self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader | list:
+        if not self.has_split("test"):
+            return []
+        return self._loader(self.ground_truth("test"), self.eval_transform, self.eval_batch_size)
+
+    def predict_dataloader(self) -> DataLoader:
+        if self.predict_images is None:
+            dataset = self.ground_truth("test")
+        else:
+            dataset = read_image_folder(
+                self.predict_images, strict=not self.lenient, decode=self.decode_check
+            )
+        return self._loader(dataset, self.eval_transform, self.eval_batch_size)
+
+    def has_split(self, stage: str) -> bool:
+        """Whether ``stage`` ("train", "val", "test") has data configured."""
+        return self.splits[stage] is not None or self.ann_files[stage] is not None
+
+    # --- reading --------------------------------------------------------------------------------------
+
+    def locate(self, stage: str) -> tuple[Path, Path]:
+        """``(annotation file, image folder)`` of ``stage`` for aitod and coco; ``(split file, root)`` for dior.
+
+        Raises:
+            KLDetConfigError: saying where the files are expected and which keys to set.
+        """
+        split, ann, images = self.splits[stage], self.ann_files[stage], self.image_dirs[stage]
+        keys = f"set root= (the data set folder), or {stage}_ann= and {stage}_images="
+        if self.format == "dior":
+            if self.root is None or split is None:
+                raise KLDetConfigError(
+                    f"DIOR {stage} data: set root= (the folder with Annotations/, JPEGImages/ and "
+                    f"ImageSets/Main/) and {stage}_split="
+                )
+            split_file = self.root / "ImageSets" / "Main" / f"{split}.txt"
+            if not split_file.is_file():
+                raise KLDetConfigError(
+                    f"DIOR {stage} split {split!r} not found: expected {split_file}\n"
+                    f"layout: {self.root}/Annotations/*.xml, {self.root}/JPEGImages/*.jpg, "
+                    f"{self.root}/ImageSets/Main/{split}.txt\nset root= or {stage}_split="
+                )
+            return split_file, self.root
+        if ann is not None and images is not None:
+            return Path(ann), Path(images)
+        if self.root is None or split is None:
+            raise KLDetConfigError(f"{self.format} {stage} data: no annotation file and image folder; {keys}")
+        if self.format == "aitod":
+            try:
+                found = find_aitod_split(self.root, split)
+            except KLDetConfigError as error:
+                raise KLDetConfigError(f"{error}\n({keys})") from None
+        else:
+            found = _find_coco_split(self.root, split, keys)
+        return Path(ann) if ann is not None else found[0], Path(images) if images is not None else found[1]
+
+    def read_split(self, stage: str) -> DetectionSet:
+        """Reads and validates ``stage``'s split (strict unless ``lenient``)."""
+        options = {"strict": not self.lenient, "decode": self.decode_check}
+        if self.format == "dior":
+            self.locate(stage)
+            return read_dior(self.root, self.splits[stage], **options)
+        ann_file, image_dir = self.locate(stage)
+        if self.format == "aitod":
+            return read_aitod(ann_file, image_dir, **options)
+        return read_coco(ann_file, image_dir, classes=self.classes, **options)
+
+    def _class_info(self) -> tuple[list[str], list[int]]:
+        if self._categories is None:
+            if self.format == "aitod":
+                self._categories = list(AITOD_CLASSES), list(range(1, len(AITOD_CLASSES) + 1))
+            elif self.format == "dior":
+                self._categories = list(DIOR_CLASSES), list(range(1, len(DIOR_CLASSES) + 1))
+            else:  # the training annotation file defines the classes of every split
+                stage = next((s for s in STAGES if self.has_split(s)), "train")
+                self._categories = categories_of(self.locate(stage)[0])
+        return self._categories
+
+    def _loader(
+        self, dataset: DetectionSet, transform: DetectionTransform, batch_size: int, shuffle: bool = False
+    ) -> DataLoader:
+        return DataLoader(
+            DetectionDataset(dataset.records, transform),
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.persistent_workers,
+            pin_memory=self.pin_memory,
+            collate_fn=partial(collate, size_divisor=self.size_divisor),
+        )
+
+
+def _find_coco_split(root: Path, split: str, keys: str) -> tuple[Path, Path]:
+    """``root/annotations/{split,instances_<split>}.json`` and ``root/{split,images/<split>}/``."""
+    names = [root / "annotations" / f"{split}.json", root / "annotations" / f"instances_{split}.json"]
+    dirs = [root / split, root / "images" / split]
+    ann_file = next((p for p in names if p.is_file()), None)
+    image_dir = next((p for p in dirs if p.is_dir()), None)
+    if ann_file is None or image_dir is None:
+        raise KLDetConfigError(
+            f"COCO split {split!r} not found under {root}: expected one of {', '.join(map(str, names))}\n"
+            f"and one of the image folders {', '.join(map(str, dirs))}\n({keys})"
+        )
+    return ann_file, image_dir

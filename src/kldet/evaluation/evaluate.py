@@ -1,0 +1,93 @@
+"""One entry per input form: in-memory detections, or a COCO results file with its ground truth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torchvision.ops import box_convert
+
+from kldet.errors import KLDetConfigError
+from kldet.evaluation.coco import PROTOCOLS, CocoDetections, check_detection_ids, coco_inputs, evaluate_coco
+from kldet.evaluation.coco_json import read_coco_ground_truth, read_coco_results
+from kldet.evaluation.inputs import EvaluationSet
+from kldet.evaluation.voc import evaluate_voc
+
+METRIC_KINDS = ("aitod", "coco", "voc")
+
+
+def evaluate_detections(data: EvaluationSet, kind: str, class_names: list[str]) -> dict[str, float]:
+    """Metrics of ``kind`` ("aitod", "coco" or "voc") for ``data`` (labels index ``class_names``)."""
+    _check_kind(kind)
+    if kind == "voc":
+        return evaluate_voc(data, class_names)
+    ground_truth, detections = coco_inputs(data, class_names)
+    return evaluate_coco(ground_truth, detections, PROTOCOLS[kind])
+
+
+def evaluate_results_file(
+    results: str | Path,
+    ann: str | Path | None = None,
+    metric: str = "aitod",
+    root: str | Path | None = None,
+    split: str | None = None,
+) -> tuple[dict[str, float], list[str]]:
+    """Evaluates a COCO results file.
+
+    Args:
+        results: COCO results JSON (``image_id``, ``category_id``, ``bbox`` xywh, ``score``).
+        ann: COCO annotation JSON, for ``metric`` "aitod" or "coco".
+        metric: "aitod", "coco" or "voc".
+        root, split: a DIOR (Pascal VOC layout) data set and split, for ``metric="voc"``; results use its
+            image ids and category ids as :func:`kldet.data.read_dior` gives them.
+
+    Returns:
+        The metrics (keys as :func:`evaluate_detections`) and the class names in label order.
+    """
+    _check_kind(metric)
+    if metric == "voc":
+        if root is None or split is None:
+            raise KLDetConfigError("metric=voc needs root= (a DIOR / Pascal VOC data set) and split=")
+        detections = read_coco_results(results)
+        data, class_names = _voc_inputs(detections, root, split, f"results file {results}")
+        return evaluate_voc(data, class_names), class_names
+    if ann is None:
+        raise KLDetConfigError(f"metric={metric} needs ann= (a COCO annotation file)")
+    ground_truth = read_coco_ground_truth(ann)
+    detections = read_coco_results(results)
+    metrics = evaluate_coco(ground_truth, detections, PROTOCOLS[metric], f"results file {results}")
+    class_names = [c["name"] for c in sorted(ground_truth["categories"], key=lambda c: c["id"])]
+    return metrics, class_names
+
+
+def _voc_inputs(
+    detections: CocoDetections, root: str | Path, split: str, source: str
+) -> tuple[EvaluationSet, list[str]]:
+    # Only this path reads images' annotations; the data package pulls in albumentations and OpenCV.
+    from kldet.data import read_dior
+
+    dataset = read_dior(root, split)
+    records = dataset.records
+    record_ids = [r.image_id for r in records]
+    check_detection_ids(detections, record_ids, dataset.category_ids, source)
+    label_of = {category_id: label for label, category_id in enumerate(dataset.category_ids)}
+    position_of = {image_id: i for i, image_id in enumerate(record_ids)}
+    positions = torch.tensor([position_of[i] for i in detections.image_ids.tolist()], dtype=torch.long)
+    labels = torch.tensor([label_of[c] for c in detections.category_ids.tolist()], dtype=torch.long)
+    boxes = box_convert(torch.from_numpy(detections.boxes), "xywh", "xyxy").float()
+    scores = torch.from_numpy(detections.scores).float()
+    order = torch.sort(positions, stable=True).indices
+    counts = torch.bincount(positions, minlength=len(records)).tolist()
+    preds = [
+        {"boxes": boxes[rows], "scores": scores[rows], "labels": labels[rows]}
+        for rows in torch.split(order, counts)
+    ]
+    targets = [
+        {"boxes": r.boxes, "labels": r.labels, "ignored": r.ignored, "image_id": r.image_id} for r in records
+    ]
+    return EvaluationSet.from_lists(preds, targets, len(dataset.classes)), list(dataset.classes)
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in METRIC_KINDS:
+        raise KLDetConfigError(f"unknown metric {kind!r}; choose one of {', '.join(METRIC_KINDS)}")

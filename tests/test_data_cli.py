@@ -1,0 +1,89 @@
+"""``kldet-data``: synth and check, run in-process; exit codes and what they print."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kldet.cli.data import main
+
+
+@pytest.fixture(scope="module")
+def synthetic_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    assert (
+        main(["synth", f"out={root}", "num_images=4", "seed=1", "image_size=160", "val_fraction=0.25"]) == 0
+    )
+    return root
+
+
+def test_synth_writes_the_aitod_layout(synthetic_root):
+    assert (synthetic_root / "annotations" / "train.json").is_file()
+    assert len(list((synthetic_root / "train").glob("*.png"))) == 3
+    assert len(list((synthetic_root / "val").glob("*.png"))) == 1
+
+
+def test_check_a_good_set_prints_the_summary_and_exits_0(synthetic_root, capsys):
+    assert main(["check", "format=aitod", f"root={synthetic_root}", "split=train"]) == 0
+    out = capsys.readouterr().out
+    objects = sum(
+        len(json.loads((synthetic_root / "annotations" / "train.json").read_text())["annotations"])
+        for _ in [0]
+    )
+    assert "images: 3" in out and f"objects: {objects}" in out
+    for word in ("vehicle", "wind-mill", "very tiny", "tiny", "small", "medium", "no problems found"):
+        assert word in out
+
+
+def test_check_lists_every_problem_and_exits_1(synthetic_root, tmp_path, capsys):
+    data = json.loads((synthetic_root / "annotations" / "train.json").read_text())
+    data["images"][0]["file_name"] = "missing.png"
+    data["annotations"][-1]["bbox"][2] = 0
+    data["annotations"][-2]["category_id"] = 99
+    ann = tmp_path / "bad.json"
+    ann.write_text(json.dumps(data))
+    assert main(["check", "format=aitod", f"ann={ann}", f"images={synthetic_root / 'train'}"]) == 1
+    out = capsys.readouterr().out
+    assert "3 problem(s)" in out
+    assert "[missing_image]" in out and "missing.png not found" in out
+    assert "[invalid_box]" in out and "has zero width" in out
+    assert "[unknown_class]" in out and "category_id 99" in out
+    assert "images: 2" in out  # the good images are still described
+
+
+def test_check_dior_and_coco(tmp_path, capsys):
+    assert main(["synth", f"out={tmp_path}", "num_images=2", "seed=3", "image_size=128", "format=dior"]) == 0
+    assert main(["check", "format=dior", f"root={tmp_path}", "split=train"]) == 0
+    assert "Expressway-Service-area" in capsys.readouterr().out
+    assert main(["synth", f"out={tmp_path / 'c'}", "num_images=2", "seed=3", "image_size=128"]) == 0
+    ann, images = tmp_path / "c" / "annotations" / "train.json", tmp_path / "c" / "train"
+    assert main(["check", "format=coco", f"ann={ann}", f"images={images}"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "status", "words"),
+    [
+        (["check", "format=aitod", "anns=x.json"], 2, "Key 'anns' not in 'CheckConfig'"),
+        (["check", "format=yolo"], 2, "expected one of [aitod, dior, coco]"),
+        (["check", "format=dior", "root=/x"], 2, "format=dior needs root=DIR split=NAME"),
+        (["check", "format=coco", "root=/x"], 2, "format=coco needs ann=FILE images=DIR"),
+        (["check", "format=aitod", "root=/nowhere", "split=test"], 2, "expected /nowhere/annotations/"),
+        (
+            ["check", "format=aitod", "ann=/nowhere.json", "images=/"],
+            1,
+            "/nowhere.json: annotation file not found",
+        ),
+        (["synth", "num_images=3"], 2, "missing out="),
+        (["synth", "out=/tmp/x", "num_images=many"], 2, "num_images"),
+        (["synth", "out"], 2, "not key=value"),
+        (["convert"], 2, "unknown command 'convert'"),
+        ([], 2, "kldet-data synth out=DIR"),
+        (["--help"], 0, "kldet-data check format=dior root=DIR split=NAME"),
+    ],
+)
+def test_bad_arguments_give_a_message_not_a_traceback(argv, status, words, capsys):
+    assert main(argv) == status
+    captured = capsys.readouterr()
+    assert words in captured.out
+    assert "Traceback" not in captured.out + captured.err

@@ -1,0 +1,143 @@
+"""Ali-TSM speed and memory on an AI-TOD-sized image, against the naive oracle of the tests.
+
+    python benchmarks/bench_assign.py [--gts 10 100 500 2000 5000] [--repeats 5] [--oracle-max 500] [--threads T]
+
+Setting: 800 x 800 image, priors of P2-P6 (N = 53,294), C = 8 classes, logits ~ N(-2, 2^2), ground truths
+with uniform centres and log-normal sides (median 11 px, like AI-TOD's 12.8 px mean), aspect ~ logN(0, 0.3).
+
+Every G runs in a fresh subprocess so that its memory figure is its own:
+- time: median of ``--repeats`` calls of ``alitsm_assign`` after one warm-up call;
+- peak extra memory: the process's peak resident set size during the calls minus its resident size
+  just before them (inputs built, libraries loaded; the kernel's peak counter, VmHWM, is reset there
+  through /proc/self/clear_refs), so it counts every byte the calls touched: torch tensors, allocator
+  slack and Python objects;
+- oracle: one call of ``naive_alitsm_assign`` from tests/test_assign_alitsm.py (loops over ground
+  truths in Python), for G <= ``--oracle-max``; the two results are also checked to be equal.
+"""
+
+import argparse
+import importlib.util
+import json
+import math
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from kldet.assign import alitsm_assign, receptive_field_priors
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGE_SIZE = (800, 800)
+NUM_CLASSES = 8
+
+
+def load_oracle():
+    """The test suite's ``naive_alitsm_assign``: one definition, shared by the tests and this benchmark."""
+    spec = importlib.util.spec_from_file_location("alitsm_oracle", ROOT / "tests" / "test_assign_alitsm.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.naive_alitsm_assign
+
+
+def make_inputs(num_gts: int, seed: int = 0):
+    """(cls_logits (N, C), priors (N, 4), gt_boxes (G, 4), gt_labels (G,)) of the benchmark setting."""
+    generator = torch.Generator().manual_seed(seed)
+    _, priors = receptive_field_priors(IMAGE_SIZE)
+    logits = torch.randn(len(priors), NUM_CLASSES, generator=generator) * 2 - 2
+    centres = torch.rand(num_gts, 2, generator=generator) * torch.tensor(IMAGE_SIZE[::-1])
+    side = torch.exp(torch.randn(num_gts, 1, generator=generator) * 0.6 + math.log(11)).clamp(2, 128)
+    aspect = torch.exp(torch.randn(num_gts, 1, generator=generator) * 0.3)
+    half = torch.cat((side * aspect, side / aspect), dim=1) / 2
+    boxes = torch.cat((centres - half, centres + half), dim=1)
+    labels = torch.randint(0, NUM_CLASSES, (num_gts,), generator=generator)
+    return logits, priors, boxes, labels
+
+
+def resident_mb() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def reset_peak_resident() -> None:
+    """Make the kernel's peak resident size (VmHWM) start again from the current size."""
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")
+
+
+def peak_resident_mb() -> float:
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
+
+
+def run_case(num_gts: int, repeats: int, oracle_max: int) -> dict:
+    inputs = make_inputs(num_gts)
+    alitsm_assign(*make_inputs(1, seed=1))  # load kernels outside the measurement
+    reset_peak_resident()
+    before = resident_mb()
+    times = []
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        assigned = alitsm_assign(*inputs)
+        times.append(time.perf_counter() - start)
+    peak = peak_resident_mb()
+    result = {
+        "gts": num_gts,
+        "positives": int((assigned >= 0).sum()),
+        "seconds": statistics.median(times[1:]),
+        "peak_extra_mb": max(0.0, peak - before),
+    }
+    if num_gts <= oracle_max:
+        oracle = load_oracle()
+        start = time.perf_counter()
+        expected = oracle(*inputs)
+        result["oracle_seconds"] = time.perf_counter() - start
+        result["equal"] = bool(torch.equal(expected, assigned))
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--gts", type=int, nargs="+", default=[10, 100, 500, 2000, 5000])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--oracle-max", type=int, default=500)
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument("--case", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.case is not None:
+        print(json.dumps(run_case(args.case, args.repeats, args.oracle_max)))
+        return
+    print(
+        f"Ali-TSM, {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}, N = {len(receptive_field_priors(IMAGE_SIZE)[1]):,} priors, ",
+        end="",
+    )
+    print(f"C = {NUM_CLASSES}, torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+    print("| G | positives | time (median) | peak extra memory | naive oracle | speed-up | equal |")
+    print("|---:|---:|---:|---:|---:|---:|:---:|")
+    for num_gts in args.gts:
+        command = [sys.executable, __file__, "--case", str(num_gts), "--repeats", str(args.repeats)]
+        command += ["--oracle-max", str(args.oracle_max), "--threads", str(torch.get_num_threads())]
+        row = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
+        oracle = row.get("oracle_seconds")
+        cells = [
+            f"{num_gts:,}",
+            f"{row['positives']:,}",
+            f"{row['seconds'] * 1000:.0f} ms",
+            f"{row['peak_extra_mb']:.0f} MB",
+            f"{oracle:.2f} s" if oracle is not None else "-",
+            f"{oracle / row['seconds']:.0f}x" if oracle is not None else "-",
+            ("yes" if row["equal"] else "NO") if oracle is not None else "-",
+        ]
+        print("| " + " | ".join(cells) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

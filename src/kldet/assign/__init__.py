@@ -1,0 +1,26 @@
+"""Label assignment: receptive-field priors, the Ali-TSM and FCOS assigners, per-point targets."""
+
+from kldet.assign.alitsm import alitsm_assign, log_stage1_metric, stage2_metric
+from kldet.assign.fcos import FCOS_REGRESS_RANGES, fcos_assign
+from kldet.assign.priors import (
+    STRIDE_TO_LEVEL,
+    THEORETICAL_RECEPTIVE_FIELD,
+    feature_sizes,
+    points_and_strides,
+    receptive_field_priors,
+)
+from kldet.assign.targets import build_targets
+
+__all__ = [
+    "FCOS_REGRESS_RANGES",
+    "STRIDE_TO_LEVEL",
+    "THEORETICAL_RECEPTIVE_FIELD",
+    "alitsm_assign",
+    "build_targets",
+    "fcos_assign",
+    "feature_sizes",
+    "log_stage1_metric",
+    "points_and_strides",
+    "receptive_field_priors",
+    "stage2_metric",
+]

@@ -1,0 +1,129 @@
+"""Load a trained detector from a Lightning checkpoint without importing Lightning.
+
+A checkpoint written by :class:`kldet.lit.KLDetModule` is a ``torch.save`` dict whose
+``hyper_parameters`` hold plain dicts: ``model`` (the :class:`kldet.model.KLDet` keyword arguments,
+``num_classes`` included), ``classes`` (names), ``category_ids`` (the data set's own ids, for result files;
+None means 1..C) and ``preprocess`` (``mean``, ``std``, ``size_divisor``, ``max_size``); ``state_dict`` keys are
+``"model."`` + the KLDet state dict keys.
+"""
+
+import os
+import pickle
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kldet.errors import KLDetError
+from kldet.model import KLDet
+
+STATE_PREFIX = "model."
+REQUIRED_HYPER_PARAMETERS = ("model", "classes")
+
+
+def load_detector(
+    path: str | os.PathLike,
+    map_location: str | torch.device = "cpu",
+    overrides: dict[str, Any] | None = None,
+) -> tuple[KLDet, dict[str, Any]]:
+    """Build the checkpoint's KLDet, load its weights and put it in eval mode.
+
+    Args:
+        path: a ``.ckpt`` file (see the module docstring for its layout).
+        map_location: device the weights are loaded to (the model is moved there too).
+        overrides: KLDet keyword arguments to change, e.g. ``{"score_thresh": 0.3}`` for inference.
+
+    Returns:
+        the model and the metadata: ``{"model": kwargs used, "classes", "category_ids", "preprocess"}``
+        (``preprocess`` is ``{}`` when the checkpoint has none).
+
+    Raises:
+        KLDetError: the file is missing, not a checkpoint, or its weights do not fit its own model.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise KLDetError(f"checkpoint {path} does not exist")
+    try:
+        # Plain dicts, lists and tensors only: no arbitrary code runs while loading.
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        # torch's message is a page long; its "Unsupported global: GLOBAL x.y" line names the culprit.
+        culprit = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        reason = f"it stores a {culprit[1]} object" if culprit else "not a torch checkpoint"
+        raise KLDetError(
+            f"checkpoint {path}: {reason}; kldet reads checkpoints holding only tensors and plain "
+            "containers (torch.load weights_only=True)"
+        ) from error
+    except (RuntimeError, EOFError, OSError) as error:
+        raise KLDetError(f"checkpoint {path}: not a readable torch checkpoint ({error})") from error
+    hyper_parameters = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+    if not isinstance(hyper_parameters, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise KLDetError(
+            f"checkpoint {path}: no 'hyper_parameters' and 'state_dict' (not a kldet checkpoint)"
+        )
+    missing = [key for key in REQUIRED_HYPER_PARAMETERS if key not in hyper_parameters]
+    if missing:
+        raise KLDetError(f"checkpoint {path}: hyper_parameters lack {', '.join(missing)}")
+
+    # The checkpoint's weights replace the backbone's initial ones, so never read pretrained files.
+    model_kwargs = {**hyper_parameters["model"], "weights": None, **(overrides or {})}
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*starts from random weights")
+            model = KLDet(**model_kwargs)
+    except TypeError as error:
+        raise KLDetError(
+            f"checkpoint {path}: hyper_parameters['model'] does not fit KLDet ({error})"
+        ) from error
+    state = {
+        key[len(STATE_PREFIX) :]: value
+        for key, value in checkpoint["state_dict"].items()
+        if key.startswith(STATE_PREFIX)
+    }
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise KLDetError(f"checkpoint {path}: weights do not match its model settings ({error})") from error
+    # A model trained without data-set ids (category_ids None) writes COCO's usual 1..C.
+    category_ids = hyper_parameters.get("category_ids") or range(1, model.num_classes + 1)
+    meta = {
+        "model": model_kwargs,
+        "classes": [str(name) for name in hyper_parameters["classes"]],
+        "category_ids": [int(c) for c in category_ids],
+        "preprocess": dict(hyper_parameters.get("preprocess") or {}),
+    }
+    if len(meta["classes"]) != model.num_classes or len(meta["category_ids"]) != model.num_classes:
+        raise KLDetError(
+            f"checkpoint {path}: {model.num_classes} classes in the model but {len(meta['classes'])} names "
+            f"and {len(meta['category_ids'])} category ids"
+        )
+    return model.to(map_location).eval(), meta
+
+
+def save_detector(
+    path: str | os.PathLike,
+    model: KLDet,
+    model_kwargs: dict[str, Any],
+    classes: list[str],
+    category_ids: list[int] | None = None,
+    preprocess: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``model`` as a checkpoint that :func:`load_detector` (and kldet-predict/-export) read.
+
+    The layout is the weights-only part of a Lightning checkpoint of :class:`kldet.lit.KLDetModule`, for a
+    KLDet trained or converted outside Lightning; ``model_kwargs`` must rebuild ``model`` (``num_classes``
+    included).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    hyper_parameters = {
+        "model": dict(model_kwargs),
+        "classes": list(classes),
+        "category_ids": None if category_ids is None else list(category_ids),
+        "preprocess": preprocess,
+    }
+    state_dict = {STATE_PREFIX + key: value for key, value in model.state_dict().items()}
+    torch.save({"hyper_parameters": hyper_parameters, "state_dict": state_dict}, path)
+    return path

@@ -1,0 +1,95 @@
+"""kldet-export: write a checkpoint's network forward as TorchScript, ONNX or a torch.export program.
+
+Usage::
+
+    kldet-export ckpt=last.ckpt format=torchscript|onnx|pt2 out=FILE [image_size=800]
+
+The exported graph maps normalised (B, 3, H, W) images to the raw per-level maps; decoding, score
+threshold and NMS are left to :meth:`kldet.model.KLDet.postprocess` (see :mod:`kldet.inference.export`).
+A JSON file beside the export (``out`` + ``.json``) records what post-processing needs: strides, classes,
+category ids, normalisation and the post-processing thresholds.
+"""
+
+import dataclasses
+import enum
+import json
+import sys
+from pathlib import Path
+
+from omegaconf import MISSING
+
+from kldet.checkpoint import load_detector
+from kldet.cli.dotlist import parse_dotlist
+from kldet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from kldet.errors import KLDetError
+from kldet.inference.export import export_model, output_names
+
+
+class ExportFormat(str, enum.Enum):
+    torchscript = "torchscript"
+    onnx = "onnx"
+    pt2 = "pt2"
+
+
+@dataclasses.dataclass
+class ExportConfig:
+    """Settings of kldet-export (every key can be given as key=value)."""
+
+    ckpt: str = dataclasses.field(default=MISSING, metadata={"help": "checkpoint file (.ckpt)"})
+    format: ExportFormat = dataclasses.field(
+        default=MISSING, metadata={"help": "torchscript, onnx or pt2 (torch.export)"}
+    )
+    out: str = dataclasses.field(default=MISSING, metadata={"help": "file to write"})
+    image_size: int = dataclasses.field(
+        default=800, metadata={"help": "example input side: multiple of 32, >= 96; other such sizes run too"}
+    )
+    opset: int | None = dataclasses.field(
+        default=None, metadata={"help": "ONNX opset (default: the exporter's)"}
+    )
+
+
+def export(config: ExportConfig) -> Path:
+    """Export as an :class:`ExportConfig` says; returns the written model path."""
+    model, meta = load_detector(config.ckpt)
+    path = export_model(
+        model,
+        config.out,
+        config.format.value,
+        (config.image_size, config.image_size),
+        config.opset,
+    )
+    preprocess = meta["preprocess"]
+    sidecar = {
+        "format": config.format.value,
+        "input": {
+            "name": "images",
+            "layout": "(B, 3, H, W) float32, RGB, (pixel - mean) / std, zero-padded to a multiple of 32",
+            "mean": list(preprocess.get("mean") or IMAGENET_MEAN),
+            "std": list(preprocess.get("std") or IMAGENET_STD),
+        },
+        "outputs": output_names(len(model.strides)),
+        "strides": list(model.strides),
+        "classes": meta["classes"],
+        "category_ids": meta["category_ids"],
+        "postprocess": dict(model.postprocess_options),
+    }
+    path.with_name(path.name + ".json").write_text(json.dumps(sidecar, indent=2))
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``kldet-export key=value ...``; exits 1 with the message on a :class:`KLDetError`."""
+    try:
+        config = parse_dotlist(ExportConfig, sys.argv[1:] if argv is None else argv, "kldet-export", __doc__)
+        if config is None:
+            return 0
+        path = export(config)
+    except KLDetError as error:
+        print(f"kldet-export: {error}", file=sys.stderr)
+        return 1
+    print(f"kldet-export: wrote {path} and {path.name}.json", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

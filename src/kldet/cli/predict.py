@@ -1,0 +1,173 @@
+"""kldet-predict: detect objects in images or large scenes with a trained checkpoint.
+
+Usage::
+
+    kldet-predict ckpt=last.ckpt input=scenes/ output=predictions/ [key=value ...]
+
+``input`` is an image, a folder (searched recursively) or a glob (quote it). Images keep their native
+resolution; anything larger than ``tile_size`` is cut into overlapping tiles. ``output`` receives
+``results.json`` (COCO results list), ``images.json`` (the matching COCO images/categories), ``rendered/``
+(images with boxes) and, for georeferenced GeoTIFFs, ``geojson/`` (boxes in the image's CRS).
+Run ``kldet-predict --help`` for every key.
+"""
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import torch
+from omegaconf import MISSING
+from tqdm import tqdm
+
+from kldet.cli.dotlist import parse_dotlist
+from kldet.errors import KLDetConfigError, KLDetError
+from kldet.inference.geo import detections_to_geojson
+from kldet.inference.predictor import Predictor
+from kldet.inference.render import draw_detections, save_image
+from kldet.inference.results import detections_to_coco, image_ids_from_coco, write_results
+from kldet.inference.sliced import tile_count
+from kldet.inference.sources import find_images, open_image
+from kldet.inference.tiling import overlap_pixels
+
+
+@dataclasses.dataclass
+class PredictConfig:
+    """Settings of kldet-predict (every key can be given as key=value)."""
+
+    ckpt: str = dataclasses.field(default=MISSING, metadata={"help": "checkpoint file (.ckpt)"})
+    input: str = dataclasses.field(default=MISSING, metadata={"help": "image, folder or glob"})
+    output: str = dataclasses.field(default=MISSING, metadata={"help": "output folder"})
+    device: str = dataclasses.field(default="cpu", metadata={"help": "cpu, cuda or cuda:N"})
+    batch_size: int = dataclasses.field(default=4, metadata={"help": "tiles per forward pass"})
+    tile_size: int = dataclasses.field(default=800, metadata={"help": "tile side in pixels"})
+    overlap: float = dataclasses.field(default=0.2, metadata={"help": "tile overlap, fraction of tile_size"})
+    score_thresh: float | None = dataclasses.field(
+        default=None, metadata={"help": "minimum score (default: the checkpoint's)"}
+    )
+    nms_thresh: float | None = dataclasses.field(
+        default=None,
+        metadata={"help": "class-wise NMS IoU within and across tiles (default: the checkpoint's)"},
+    )
+    max_detections: int | None = dataclasses.field(
+        default=None, metadata={"help": "keep at most this many boxes per image (default: all)"}
+    )
+    coco_gt: str | None = dataclasses.field(
+        default=None, metadata={"help": "COCO annotation file whose image ids the results should use"}
+    )
+    render: bool = dataclasses.field(
+        default=True, metadata={"help": "write images with boxes to output/rendered"}
+    )
+    render_labels: bool = dataclasses.field(
+        default=True, metadata={"help": "write class and score by each box"}
+    )
+    box_width: int = dataclasses.field(default=1, metadata={"help": "rendered box outline in pixels"})
+    geojson: bool = dataclasses.field(
+        default=True, metadata={"help": "write GeoJSON for georeferenced GeoTIFFs"}
+    )
+    progress: bool = dataclasses.field(default=True, metadata={"help": "show a progress bar"})
+
+
+def _image_id(file_name: str, index: int, gt_ids: dict[str, int] | None, coco_gt: str | None) -> int:
+    if gt_ids is None:
+        return index + 1
+    # The annotation file may name images by path or by bare file name.
+    for key in (file_name, Path(file_name).name):
+        if key in gt_ids:
+            return gt_ids[key]
+    raise KLDetConfigError(f"coco_gt={coco_gt}: no image named {file_name} in its images list")
+
+
+def _check(config: PredictConfig) -> None:
+    """Settings that cannot work, as one message before anything is loaded."""
+    try:
+        overlap_pixels(config.tile_size, config.overlap)
+    except ValueError as error:
+        raise KLDetConfigError(f"tile_size={config.tile_size} overlap={config.overlap}: {error}") from None
+    if config.batch_size < 1 or config.box_width < 1:
+        raise KLDetConfigError(
+            f"batch_size={config.batch_size} box_width={config.box_width}: must be positive"
+        )
+    try:
+        device = torch.device(config.device)
+    except RuntimeError as error:
+        raise KLDetConfigError(f"device={config.device}: {error}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise KLDetConfigError(f"device={config.device}: CUDA is not available here (use device=cpu)")
+
+
+def predict(config: PredictConfig) -> Path:
+    """Run the prediction a :class:`PredictConfig` describes; returns the results.json path."""
+    _check(config)
+    output = Path(config.output)
+    files, root = find_images(config.input, exclude=output)
+    gt_ids = image_ids_from_coco(config.coco_gt) if config.coco_gt else None
+    predictor = Predictor.from_checkpoint(
+        config.ckpt,
+        device=config.device,
+        score_thresh=config.score_thresh,
+        nms_thresh=config.nms_thresh,
+        tile_size=config.tile_size,
+        overlap=config.overlap,
+        batch_size=config.batch_size,
+        max_detections=config.max_detections,
+    )
+    sources = [open_image(path) for path in files]
+    file_names = [path.relative_to(root).as_posix() for path in files]
+    images, records = [], []
+    total = tile_count(sources, config.tile_size, config.overlap)
+    with tqdm(total=total, unit="tile", disable=not config.progress, file=sys.stderr) as bar:
+        for index, (source, detections) in enumerate(predictor.predict_sources(sources, on_batch=bar.update)):
+            file_name = file_names[index]  # sources come back in input order
+            image_id = _image_id(file_name, index, gt_ids, config.coco_gt)
+            images.append(
+                {"id": image_id, "file_name": file_name, "width": source.width, "height": source.height}
+            )
+            records += detections_to_coco(
+                detections, image_id, file_name, predictor.classes, predictor.category_ids
+            )
+            bar.set_postfix_str(f"{file_name}: {len(detections['boxes'])} boxes", refresh=False)
+            if config.render:
+                drawn = draw_detections(
+                    source.read(0, 0, source.width, source.height),
+                    detections,
+                    predictor.classes,
+                    box_width=config.box_width,
+                    show_labels=config.render_labels,
+                )
+                source.close()
+                save_image(output / "rendered" / file_name, drawn)
+            if config.geojson and getattr(source, "georeferenced", False):
+                collection = detections_to_geojson(
+                    detections,
+                    source.transform,
+                    source.crs,
+                    predictor.classes,
+                    predictor.category_ids,
+                    file_name,
+                )
+                path = (output / "geojson" / file_name).with_suffix(".geojson")
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(collection))
+    results_path, _ = write_results(output, images, records, predictor.classes, predictor.category_ids)
+    return results_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``kldet-predict key=value ...``; exits 1 with the message on a :class:`KLDetError`."""
+    try:
+        config = parse_dotlist(
+            PredictConfig, sys.argv[1:] if argv is None else argv, "kldet-predict", __doc__
+        )
+        if config is None:
+            return 0
+        results = predict(config)
+    except KLDetError as error:
+        print(f"kldet-predict: {error}", file=sys.stderr)
+        return 1
+    print(f"kldet-predict: wrote {results} and {results.with_name('images.json')}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""Sliced inference: stream tiles of many images through a detector in batches and merge them per image.
+
+The merge rule, in two steps:
+
+1. **Ownership.** A tile keeps only the detections whose box centre lies in its core (see
+   :mod:`kldet.inference.tiling`). The cores partition the image, so an object seen whole by two tiles is
+   kept by exactly one; and a copy of an object truncated by an interior tile edge has its centre outside
+   that tile's core, so it is dropped while the neighbour that sees the object whole keeps it. This holds
+   for objects up to ``overlap * tile_size`` pixels in each direction (160 px with the defaults, far above
+   tiny objects); a larger object may be cut in every tile that holds it, and step 2 merges the pieces
+   that overlap enough.
+2. **Class-wise NMS across tiles** (``torchvision.ops.batched_nms``) for the two copies of one object that
+   two tiles predicted with slightly different centres on either side of the core boundary. Two boxes from
+   different tiles can only overlap if one of them crosses its core's boundary, and the other then lies
+   within that box's size of the boundary, so NMS runs on that band alone: merging stays fast for a scene
+   with hundreds of thousands of boxes, and gives the same result as NMS over all boxes when each tile's
+   detections were already NMS-ed at the same IoU threshold (the detector's own post-processing).
+"""
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import numpy as np
+import torch
+from torch import Tensor
+from torchvision.ops import batched_nms
+
+from kldet.inference.sources import ImageSource
+from kldet.inference.tiling import Tile, make_tiles, tile_starts
+
+# "boxes" (K, 4) float32 xyxy, "scores" (K,) float32, "labels" (K,) int64.
+Detections = dict[str, Tensor]
+# A batch of RGB uint8 (h, w, 3) tiles -> their detections in tile pixels.
+DetectFn = Callable[[list[np.ndarray]], list[Detections]]
+
+Source = TypeVar("Source", bound=ImageSource)
+
+
+def owned_detections(detections: Detections, tile: Tile) -> Detections:
+    """Shift one tile's detections to image pixels and keep those centred in the tile's core.
+
+    Args:
+        detections: "boxes" (K, 4) xyxy in tile pixels, "scores" (K,), "labels" (K,).
+        tile: where the tile lies in the image, and its core.
+
+    Returns:
+        the kept (K', ...) detections in image pixels (on the CPU), plus "core_margin" (K',): the distance
+        from each box to the nearest finite side of the core, negative when the box crosses it.
+    """
+    boxes = detections["boxes"].detach().float().cpu() + torch.tensor([tile.x0, tile.y0, tile.x0, tile.y0])
+    cx0, cy0, cx1, cy1 = tile.core
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+    owned = (centres[:, 0] >= cx0) & (centres[:, 0] < cx1) & (centres[:, 1] >= cy0) & (centres[:, 1] < cy1)
+    boxes = boxes[owned]
+    core = torch.tensor([cx0, cy0, cx1, cy1])
+    sides = torch.cat([boxes[:, :2] - core[:2], core[2:] - boxes[:, 2:]], dim=1)
+    return {
+        "boxes": boxes,
+        "scores": detections["scores"].detach().float().cpu()[owned],
+        "labels": detections["labels"].detach().long().cpu()[owned],
+        "core_margin": sides.amin(dim=1),
+    }
+
+
+def merge_tiles(
+    parts: list[Detections], iou_thresh: float = 0.5, max_detections: int | None = None
+) -> Detections:
+    """Merge the :func:`owned_detections` of all tiles of one image (step 2 of the module's rule).
+
+    Args:
+        parts: per tile, "boxes" (K_t, 4), "scores" (K_t,), "labels" (K_t,), "core_margin" (K_t,).
+        iou_thresh: class-wise NMS IoU threshold across tiles.
+        max_detections: keep at most this many boxes, highest scores first (``None``: all).
+
+    Returns:
+        "boxes" (K, 4), "scores" (K,), "labels" (K,) sorted by decreasing score.
+    """
+    boxes = torch.cat([p["boxes"] for p in parts])
+    scores = torch.cat([p["scores"] for p in parts])
+    labels = torch.cat([p["labels"] for p in parts])
+    margins = torch.cat([p["core_margin"] for p in parts])
+    crossing = margins < 0
+    reach = (boxes[crossing, 2:] - boxes[crossing, :2]).max().item() if crossing.any() else 0.0
+    near = (margins < reach).nonzero().squeeze(1)
+    kept_near = near[batched_nms(boxes[near], scores[near], labels[near], iou_thresh)]
+    keep = torch.cat([(margins >= reach).nonzero().squeeze(1), kept_near])
+    keep = keep[scores[keep].argsort(descending=True, stable=True)][:max_detections]
+    return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}
+
+
+@dataclass
+class _OpenImage:
+    source: ImageSource
+    tiles_left: int
+    parts: list[Detections] = field(default_factory=list)
+
+
+def sliced_predict(
+    sources: Iterable[Source],
+    detect: DetectFn,
+    *,
+    tile_size: int = 800,
+    overlap: float = 0.2,
+    batch_size: int = 4,
+    iou_thresh: float = 0.5,
+    max_detections: int | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> Iterator[tuple[Source, Detections]]:
+    """Detect objects in images of any size, tile by tile, yielding each image's merged detections.
+
+    Tiles of consecutive images share batches, so a folder of small images runs as fast as one scene.
+    Memory is bounded by one decoded image (a GeoTIFF source: one tile), ``batch_size`` tiles and the
+    detections kept so far; a source is closed as soon as its last tile has been read.
+
+    Args:
+        sources: images to predict on (see :class:`kldet.inference.sources.ImageSource`).
+        detect: the detector on a batch of tiles (see ``DetectFn``); tiles may differ in size.
+        tile_size, overlap: see :func:`kldet.inference.tiling.make_tiles`.
+        batch_size: tiles per ``detect`` call.
+        iou_thresh, max_detections: see :func:`merge_tiles`.
+        on_batch: called with the number of tiles after each ``detect`` call (progress bars).
+
+    Yields:
+        ``(source, detections)`` in input order; boxes in image pixels.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    open_images: list[_OpenImage] = []
+    batch: list[tuple[_OpenImage, Tile, np.ndarray]] = []
+
+    def run_batch() -> Iterator[tuple[Source, Detections]]:
+        outputs = detect([pixels for _, _, pixels in batch])
+        for (image, tile, _), detections in zip(batch, outputs, strict=True):
+            image.parts.append(owned_detections(detections, tile))
+            image.tiles_left -= 1
+        if on_batch is not None:
+            on_batch(len(batch))
+        batch.clear()
+        while open_images and open_images[0].tiles_left == 0:
+            done = open_images.pop(0)
+            yield done.source, merge_tiles(done.parts, iou_thresh, max_detections)
+
+    for source in sources:
+        tiles = make_tiles(source.height, source.width, tile_size, overlap)
+        image = _OpenImage(source, len(tiles))
+        open_images.append(image)
+        for tile in tiles:
+            batch.append((image, tile, source.read(tile.x0, tile.y0, tile.x1, tile.y1)))
+            if len(batch) == batch_size:
+                yield from run_batch()
+        source.close()
+    if batch:
+        yield from run_batch()
+
+
+def tile_count(sources: Iterable[ImageSource], tile_size: int, overlap: float) -> int:
+    """Number of tiles :func:`sliced_predict` will run for these sources (for a progress bar's total)."""
+    return sum(
+        len(tile_starts(s.height, tile_size, overlap)) * len(tile_starts(s.width, tile_size, overlap))
+        for s in sources
+    )

@@ -1,0 +1,132 @@
+"""Images to predict on, read window by window.
+
+A source knows its size before any pixel is decoded (so a progress bar can count tiles up front) and hands
+out RGB uint8 windows. PNG and JPEG cannot be decoded in parts, so :class:`ImageFile` decodes the whole
+file on the first read and keeps it until :meth:`ImageFile.close` (a 10,000 x 10,000 RGB image is 300 MB);
+GeoTIFFs are read window by window from disk by :class:`kldet.inference.geo.RasterFile`.
+"""
+
+import glob
+import importlib.util
+import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Protocol
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from kldet.errors import KLDetConfigError, KLDetDataError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+GEOTIFF_SUFFIXES = (".tif", ".tiff")
+
+
+class ImageSource(Protocol):
+    """What sliced inference reads from: a size and RGB windows."""
+
+    height: int
+    width: int
+
+    def read(self, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+        """Pixels ``[y0:y1, x0:x1]`` as a ``(y1 - y0, x1 - x0, 3)`` uint8 RGB array."""
+        ...
+
+    def close(self) -> None:
+        """Release decoded pixels or file handles; a later ``read`` opens the image again."""
+        ...
+
+
+@contextmanager
+def _no_pixel_limit() -> Iterator[None]:
+    # Pillow refuses images above ~179 Mpx as "decompression bombs"; here it only reads the header.
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+
+
+class ImageFile:
+    """A PNG/JPEG/BMP/TIFF file decoded with OpenCV on the first read and cached until :meth:`close`."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        try:
+            with _no_pixel_limit(), Image.open(self.path) as header:
+                self.width, self.height = header.size
+        except (OSError, ValueError) as error:
+            raise KLDetDataError(f"{self.path}: not a readable image ({error})") from error
+        self._pixels: np.ndarray | None = None
+
+    def read(self, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+        if self._pixels is None:
+            # Ignore EXIF orientation so the pixels match the header size (and the training reader).
+            bgr = cv2.imread(str(self.path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+            if bgr is None or bgr.shape[:2] != (self.height, self.width):
+                raise KLDetDataError(f"{self.path}: OpenCV could not decode the image")
+            # In place: a second 300 MB copy of a 10,000 px scene is not needed.
+            self._pixels = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=bgr)
+        return self._pixels[y0:y1, x0:x1]
+
+    def close(self) -> None:
+        self._pixels = None
+
+
+class ArraySource:
+    """An RGB uint8 ``(H, W, 3)`` array already in memory."""
+
+    def __init__(self, pixels: np.ndarray) -> None:
+        if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
+            raise ValueError(f"expected an (H, W, 3) uint8 RGB array, got {pixels.shape} {pixels.dtype}")
+        self.pixels = pixels
+        self.height, self.width = pixels.shape[:2]
+
+    def read(self, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+        return self.pixels[y0:y1, x0:x1]
+
+    def close(self) -> None:
+        """Nothing to release: the caller owns the array."""
+
+
+def open_image(path: str | os.PathLike) -> ImageSource:
+    """An image file as a source: GeoTIFFs through rasterio when it is installed, everything else OpenCV."""
+    path = Path(path)
+    if path.suffix.lower() in GEOTIFF_SUFFIXES:
+        if importlib.util.find_spec("rasterio") is not None:
+            from kldet.inference.geo import RasterFile  # here: geo imports sliced, which imports this module
+
+            return RasterFile(path)
+        # Python shows a warning once per call site: once per run, not once per file.
+        warnings.warn(
+            "rasterio is not installed: TIFF files are decoded whole with OpenCV and no GeoJSON is "
+            "written (pip install 'kldet[geo]' for windowed reads and georeferenced output)",
+            stacklevel=2,
+        )
+    return ImageFile(path)
+
+
+def find_images(pattern: str | os.PathLike, exclude: Path | None = None) -> tuple[list[Path], Path]:
+    """The image files an ``input=`` argument names: one file, every image under a folder, or a glob.
+
+    Files under ``exclude`` (the output folder, whose rendered images would otherwise be picked up by the
+    next run) are left out.
+
+    Returns:
+        the files, sorted, and the folder their names in result files are relative to (the folder given,
+        or the deepest folder holding all matches).
+    """
+    path = Path(pattern)
+    if path.is_file():
+        return [path], path.parent
+    candidates = path.rglob("*") if path.is_dir() else map(Path, glob.glob(str(pattern), recursive=True))
+    files = sorted(p for p in candidates if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if exclude is not None:
+        files = [p for p in files if not p.resolve().is_relative_to(exclude.resolve())]
+    if not files:
+        raise KLDetConfigError(f"input={pattern}: no image files ({', '.join(IMAGE_SUFFIXES)}) found there")
+    return files, path if path.is_dir() else Path(os.path.commonpath([p.parent for p in files]))

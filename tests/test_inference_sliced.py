@@ -1,0 +1,190 @@
+"""Streamed sliced prediction and the cross-tile merge (kldet.inference.sliced) with a stub detector.
+
+The stub "sees" a fixed list of objects: for each tile it returns every object that intersects the tile,
+clipped to it, in tile pixels — so an object cut by a tile edge comes back truncated, as from a real
+detector. It finds where a tile lies from the pixels themselves: the test image encodes each pixel's
+coordinates in its colour.
+"""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torchvision.ops import batched_nms
+
+from kldet.inference.sliced import merge_tiles, owned_detections, sliced_predict, tile_count
+from kldet.inference.sources import ArraySource
+from kldet.inference.tiling import make_tiles, overlap_pixels
+
+
+def coordinate_image(height: int, width: int) -> np.ndarray:
+    """(H, W, 3) uint8 whose pixel (y, x) is (x % 256, y % 256, (x // 256) | (y // 256) << 4); W, H <= 4096."""
+    ys, xs = np.mgrid[:height, :width]
+    return np.stack([xs % 256, ys % 256, (xs // 256) | (ys // 256) << 4], axis=-1).astype(np.uint8)
+
+
+def tile_origin(tile: np.ndarray) -> tuple[int, int]:
+    r, g, b = (int(v) for v in tile[0, 0])
+    return r + 256 * (b & 15), g + 256 * (b >> 4)
+
+
+class StubDetector:
+    """Returns the objects (boxes (K, 4) in image pixels, labels, scores) each tile overlaps, clipped."""
+
+    def __init__(self, boxes, labels, scores):
+        self.boxes = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+        self.labels = torch.as_tensor(labels, dtype=torch.long)
+        self.scores = torch.as_tensor(scores, dtype=torch.float32)
+        self.batch_sizes = []
+
+    def __call__(self, tiles):
+        self.batch_sizes.append(len(tiles))
+        outputs = []
+        for tile in tiles:
+            x0, y0 = tile_origin(tile)
+            h, w = tile.shape[:2]
+            shifted = self.boxes - torch.tensor([x0, y0, x0, y0])
+            clipped = torch.stack(
+                [
+                    shifted[:, 0].clamp(0, w),
+                    shifted[:, 1].clamp(0, h),
+                    shifted[:, 2].clamp(0, w),
+                    shifted[:, 3].clamp(0, h),
+                ],
+                dim=1,
+            )
+            seen = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
+            outputs.append({"boxes": clipped[seen], "scores": self.scores[seen], "labels": self.labels[seen]})
+        return outputs
+
+
+def predict_one(image, detector, **options):
+    ((_, detections),) = sliced_predict([ArraySource(image)], detector, **options)
+    return detections
+
+
+def naive_merge(image, detector, tile_size, overlap):
+    """Shift every tile's boxes back and run class-wise NMS: what the ownership rule improves on."""
+    tiles = make_tiles(image.shape[0], image.shape[1], tile_size, overlap)
+    outputs = detector([image[t.y0 : t.y1, t.x0 : t.x1] for t in tiles])
+    boxes = torch.cat(
+        [o["boxes"] + torch.tensor([t.x0, t.y0, t.x0, t.y0]) for o, t in zip(outputs, tiles, strict=True)]
+    )
+    scores = torch.cat([o["scores"] for o in outputs])
+    labels = torch.cat([o["labels"] for o in outputs])
+    return boxes[batched_nms(boxes, scores, labels, 0.5)]
+
+
+def test_object_cut_by_a_tile_border_is_returned_once_and_whole():
+    image = coordinate_image(800, 1440)  # tiles x in [0, 800) and [640, 1440)
+    car = [795.0, 100.0, 815.0, 112.0]  # tile 0 sees [795, 800]: IoU with the whole box is 0.25
+    detector = StubDetector([car], [3], [0.9])
+    assert len(naive_merge(image, detector, 800, 0.2)) == 2  # plain NMS keeps the truncated copy
+    detections = predict_one(image, detector, tile_size=800, overlap=0.2)
+    assert detections["boxes"].tolist() == [car]
+    assert detections["labels"].tolist() == [3]
+
+
+def test_object_on_a_four_tile_corner_is_returned_once():
+    image = coordinate_image(1440, 1440)
+    ship = [790.0, 795.0, 806.0, 803.0]  # straddles x = 800 and y = 800, inside all four tiles' overlap
+    detections = predict_one(image, StubDetector([ship], [0], [0.5]), tile_size=800, overlap=0.2)
+    assert detections["boxes"].tolist() == [ship]
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_every_object_smaller_than_the_overlap_comes_out_once_and_whole(data):
+    height = data.draw(st.integers(20, 1500), label="height")
+    width = data.draw(st.integers(20, 1500), label="width")
+    tile_size = data.draw(st.sampled_from([64, 128, 200, 320]), label="tile_size")
+    overlap = data.draw(st.floats(0.1, 0.5), label="overlap")
+    largest = min(overlap_pixels(tile_size, overlap), height, width)
+    boxes = []
+    for _ in range(data.draw(st.integers(1, 12), label="objects")):
+        w = data.draw(st.integers(1, largest))
+        h = data.draw(st.integers(1, largest))
+        x0 = data.draw(st.integers(0, width - w))
+        y0 = data.draw(st.integers(0, height - h))
+        boxes.append([x0, y0, x0 + w, y0 + h])
+    # One class per object so that class-wise NMS cannot merge two distinct objects.
+    labels = list(range(len(boxes)))
+    scores = [1.0 - 0.01 * i for i in range(len(boxes))]
+    batch_size = data.draw(st.integers(1, 5), label="batch_size")
+    detections = predict_one(
+        coordinate_image(height, width),
+        StubDetector(boxes, labels, scores),
+        tile_size=tile_size,
+        overlap=overlap,
+        batch_size=batch_size,
+    )
+    assert detections["labels"].tolist() == labels  # each once, sorted by score
+    assert detections["boxes"].tolist() == [[float(v) for v in box] for box in boxes]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    tile_size=st.sampled_from([64, 100, 160]),
+    overlap=st.floats(0.1, 0.5),
+    iou=st.sampled_from([0.1, 0.3, 0.5]),  # below 0.5 a box that stays inside its core can be suppressed
+)
+def test_band_limited_merge_equals_nms_over_all_owned_boxes(seed, tile_size, overlap, iou):
+    generator = torch.Generator().manual_seed(seed)
+    tiles = make_tiles(400, 360, tile_size, overlap)
+    parts = []
+    for tile in tiles:
+        count = int(torch.randint(0, 40, (1,), generator=generator))
+        xy = torch.rand(count, 2, generator=generator) * torch.tensor([tile.width, tile.height])
+        wh = 1 + torch.rand(count, 2, generator=generator) * 60
+        boxes = torch.cat([xy, xy + wh], dim=1).clamp(max=torch.tensor([tile.width, tile.height] * 2))
+        scores = torch.rand(count, generator=generator)
+        labels = torch.randint(0, 3, (count,), generator=generator)
+        keep = batched_nms(boxes, scores, labels, iou)  # what the detector's own post-processing does
+        parts.append(
+            owned_detections({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}, tile)
+        )
+    merged = merge_tiles(parts, iou_thresh=iou)
+    boxes = torch.cat([p["boxes"] for p in parts])
+    scores = torch.cat([p["scores"] for p in parts])
+    labels = torch.cat([p["labels"] for p in parts])
+    reference = batched_nms(boxes, scores, labels, iou)
+    assert torch.equal(merged["boxes"], boxes[reference])
+    assert torch.equal(merged["scores"], scores[reference])
+    assert torch.equal(merged["labels"], labels[reference])
+
+
+def test_max_detections_keeps_the_highest_scores():
+    image = coordinate_image(100, 100)
+    boxes = [[10.0 * i, 10.0 * i, 10.0 * i + 5, 10.0 * i + 5] for i in range(5)]
+    detector = StubDetector(boxes, [0] * 5, [0.1, 0.5, 0.3, 0.9, 0.2])
+    detections = predict_one(image, detector, max_detections=2)
+    assert detections["scores"].tolist() == pytest.approx([0.9, 0.5])
+
+
+class CountingSource(ArraySource):
+    def __init__(self, pixels, log, name):
+        super().__init__(pixels)
+        self.log, self.name = log, name
+
+    def read(self, x0, y0, x1, y1):
+        self.log.append(("read", self.name))
+        return super().read(x0, y0, x1, y1)
+
+    def close(self):
+        self.log.append(("close", self.name))
+
+
+def test_images_stream_in_order_through_bounded_batches():
+    log = []
+    sizes = {"big": (300, 500), "small": (50, 60), "wide": (100, 700)}
+    sources = [CountingSource(coordinate_image(h, w), log, name) for name, (h, w) in sizes.items()]
+    detector = StubDetector([[1.0, 1.0, 9.0, 9.0]], [0], [0.8])
+    results = list(sliced_predict(sources, detector, tile_size=128, overlap=0.25, batch_size=3))
+    assert [source.name for source, _ in results] == ["big", "small", "wide"]
+    assert [len(d["boxes"]) for _, d in results] == [1, 1, 1]  # the box at the origin, once per image
+    assert max(detector.batch_sizes) == 3 and sum(detector.batch_sizes) == tile_count(sources, 128, 0.25)
+    # Each image is released right after its last tile was read, before the next image is touched.
+    events = [e for i, e in enumerate(log) if i == 0 or e != log[i - 1]]
+    assert events == [(kind, name) for name in sizes for kind in ("read", "close")]

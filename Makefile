@@ -5,8 +5,13 @@ BIN := $(VENV)/bin
 # torch/torchvision are pinned to releases that install without a newer CUDA stack.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
+# Extra Hydra overrides, e.g. `make train ARGS="trainer=gpu precision=bf16-mixed"`.
+EXPERIMENT ?= synthetic
+ARGS ?=
+CKPT ?=
 
-.PHONY: install test lint bench demo train eval sweep tensorboard ablation clean
+.PHONY: install test lint bench bench-assign bench-model bench-data bench-eval bench-predict \
+	demo synth train eval sweep tensorboard ablation assignment-stats clean
 
 install: $(STAMP)
 
@@ -21,11 +26,50 @@ test: install
 	$(BIN)/python -m pytest -q
 
 lint: install
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks notebooks
+	$(BIN)/ruff format --check src tests benchmarks notebooks
 
-bench: install
+# The synthetic tiny-object set, trained on the CPU, evaluated, with detections drawn (outputs/demo/).
+demo: install
+	$(BIN)/python -m kldet.cli.demo
+
+synth: install
+	$(BIN)/kldet-data synth out=data/synthetic num_images=200 seed=0
+
+train: install
+	$(BIN)/kldet-train experiment=$(EXPERIMENT) $(ARGS)
+
+eval: install
+	$(BIN)/kldet-eval ckpt=$(CKPT) experiment=$(EXPERIMENT) $(ARGS)
+
+sweep: install
+	$(BIN)/kldet-train -m experiment=synthetic assigner=alitsm,fcos seed=0,1,2 $(ARGS)
+
+tensorboard: install
+	$(BIN)/tensorboard --logdir outputs
+
+ablation: install
+	$(BIN)/python benchmarks/ablation.py $(ARGS)
+
+assignment-stats: install
+	$(BIN)/python benchmarks/assignment_stats.py
+
+bench: bench-assign bench-model bench-data bench-eval bench-predict
+
+bench-assign: install
 	$(BIN)/python benchmarks/bench_assign.py
+
+bench-model: install
+	$(BIN)/python benchmarks/bench_model.py --size 512 --batch 2 --iters 3
+
+bench-data: install
+	$(BIN)/python benchmarks/bench_data.py
+
+bench-eval: install
+	$(BIN)/python benchmarks/bench_eval.py
+
+bench-predict: install
+	$(BIN)/python benchmarks/bench_predict.py
 
 clean:
 	rm -rf $(VENV) outputs multirun

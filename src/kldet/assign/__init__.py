@@ -1,6 +1,7 @@
 """Label assignment: receptive-field priors, the Ali-TSM and FCOS assigners, per-point targets."""
 
 from kldet.assign.alitsm import alitsm_assign, log_stage1_metric, stage2_metric
+from kldet.assign.atss import atss_assign
 from kldet.assign.fcos import FCOS_REGRESS_RANGES, fcos_assign
 from kldet.assign.priors import (
     STRIDE_TO_LEVEL,
@@ -16,6 +17,7 @@ __all__ = [
     "STRIDE_TO_LEVEL",
     "THEORETICAL_RECEPTIVE_FIELD",
     "alitsm_assign",
+    "atss_assign",
     "build_targets",
     "fcos_assign",
     "feature_sizes",

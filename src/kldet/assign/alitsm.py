@@ -31,6 +31,7 @@ from torch import Tensor
 from kldet.assign.sparse import (
     GridLevel,
     best_per_point,
+    dense_topk,
     grid_levels,
     line_span,
     rectangle_pairs,
@@ -176,27 +177,6 @@ def alitsm_assign(
     return assigned
 
 
-def _dense_topk(values: Tensor, priors: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Row-wise top-k of (R, M) values, ties to the lower prior.
-
-    ``priors`` (R or 1, M) holds the prior index of every column and must increase along each row, so
-    that the earlier column is the lower prior. Returns the picks as (rows, priors, values), each
-    (R * min(k, M),), grouped by row.
-    """
-    kth = values.topk(min(k, values.shape[1]), dim=1).values[:, -1:]
-    # Everything >= the k-th value is a handful per row; only those are ordered exactly. nonzero()
-    # lists them row by row with increasing columns; stable sorts by value, then by row, keep that
-    # order among equal values.
-    rows, columns = (values >= kth).nonzero(as_tuple=True)
-    picked_values = values[rows, columns]
-    order = torch.sort(picked_values, descending=True, stable=True).indices
-    order = order[torch.sort(rows[order], stable=True).indices]
-    rows, columns, picked_values = rows[order], columns[order], picked_values[order]
-    per_row = torch.bincount(rows, minlength=len(kth))
-    keep = torch.arange(len(rows), device=rows.device) - (per_row.cumsum(0) - per_row)[rows] < k
-    return rows[keep], priors.expand_as(values)[rows[keep], columns[keep]], picked_values[keep]
-
-
 def _exhaustive_topk(metric, gts: Tensor, num_priors: int, k: int) -> tuple[Tensor, Tensor, Tensor]:
     """Top-k priors of the ground truths ``gts`` (R,) by evaluating ``metric`` on all priors, in chunks.
 
@@ -207,7 +187,7 @@ def _exhaustive_topk(metric, gts: Tensor, num_priors: int, k: int) -> tuple[Tens
     picks = [(gts[:0], gts[:0], torch.zeros(0, device=gts.device))]
     for start in range(0, len(gts), chunk):
         rows = gts[start : start + chunk]
-        r, p, v = _dense_topk(metric(rows[:, None], all_priors), all_priors, k)
+        r, p, v = dense_topk(metric(rows[:, None], all_priors), all_priors, k)
         picks.append((rows[r], p, v))
     return _concat_picks(picks)
 
@@ -425,7 +405,7 @@ def _stage2_topk(problem: _Problem, grid: _Grid | None, k: int) -> tuple[Tensor,
     no_overlap = stage2_metric(problem.scores, problem.scores.new_zeros(()), problem.alpha_m)
     prefix = min(num_priors, k + _EXTRA_CLASS_CANDIDATES)
     all_priors = torch.arange(num_priors, device=device)[None]
-    class_best = _dense_topk(no_overlap.T, all_priors, prefix)[1].view(-1, prefix)[problem.gt_labels]
+    class_best = dense_topk(no_overlap.T, all_priors, prefix)[1].view(-1, prefix)[problem.gt_labels]
     level_of_prior = torch.repeat_interleave(
         torch.arange(len(levels), device=device), grid.heights * grid.widths
     )

@@ -129,3 +129,24 @@ def best_per_point(assigned: Tensor, gts: Tensor, points: Tensor, values: Tensor
     is_best = values == best[points]
     winner = torch.full_like(assigned, num_gts).scatter_reduce(0, points[is_best], gts[is_best], "amin")
     return torch.where(winner < num_gts, winner, assigned)
+
+
+def dense_topk(values: Tensor, priors: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Row-wise top-k of (R, M) values, ties to the lower prior.
+
+    ``priors`` (R or 1, M) holds the prior index of every column and must increase along each row, so
+    that the earlier column is the lower prior. Returns the picks as (rows, priors, values), each
+    (R * min(k, M),), grouped by row.
+    """
+    kth = values.topk(min(k, values.shape[1]), dim=1).values[:, -1:]
+    # Everything >= the k-th value is a handful per row; only those are ordered exactly. nonzero()
+    # lists them row by row with increasing columns; stable sorts by value, then by row, keep that
+    # order among equal values.
+    rows, columns = (values >= kth).nonzero(as_tuple=True)
+    picked_values = values[rows, columns]
+    order = torch.sort(picked_values, descending=True, stable=True).indices
+    order = order[torch.sort(rows[order], stable=True).indices]
+    rows, columns, picked_values = rows[order], columns[order], picked_values[order]
+    per_row = torch.bincount(rows, minlength=len(kth))
+    keep = torch.arange(len(rows), device=rows.device) - (per_row.cumsum(0) - per_row)[rows] < k
+    return rows[keep], priors.expand_as(values)[rows[keep], columns[keep]], picked_values[keep]

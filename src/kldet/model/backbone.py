@@ -6,6 +6,7 @@ the first requested level are built); levels 6 and 7 are extra stride-2 convs, t
 with ``relu_before_extra_convs``).
 """
 
+import functools
 import warnings
 from collections import OrderedDict
 from pathlib import Path
@@ -76,11 +77,23 @@ def resnet_state_dict(name: str, weights: str) -> dict[str, Tensor]:
     return state
 
 
-def build_resnet(name: str, weights: str | None) -> resnet.ResNet:
-    """A torchvision ResNet with ``FrozenBatchNorm2d``; random weights (said once) when ``weights`` is None."""
+# Frozen statistics suit pretrained weights; a backbone trained from random weights needs a norm that
+# learns (plain BatchNorm, or GroupNorm for small batches), else activations are never normalised.
+NORM_LAYERS = {
+    "frozen_bn": FrozenBatchNorm2d,
+    "bn": nn.BatchNorm2d,
+    "gn": functools.partial(nn.GroupNorm, 32),
+}
+
+
+def build_resnet(name: str, weights: str | None, norm: str = "frozen_bn") -> resnet.ResNet:
+    """A torchvision ResNet with the ``norm`` layer of :data:`NORM_LAYERS`; random weights (said once)
+    when ``weights`` is None."""
     if name not in RESNETS:
         raise KLDetConfigError(f"backbone {name!r}: choose one of {', '.join(RESNETS)}")
-    model = getattr(resnet, name)(weights=None, norm_layer=FrozenBatchNorm2d)
+    if norm not in NORM_LAYERS:
+        raise KLDetConfigError(f"backbone_norm={norm!r}: choose one of {', '.join(NORM_LAYERS)}")
+    model = getattr(resnet, name)(weights=None, norm_layer=NORM_LAYERS[norm])
     if weights is None:
         warnings.warn(f"{name} backbone starts from random weights (weights=None)", UserWarning, stacklevel=3)
         return model
@@ -131,8 +144,10 @@ class ResNetFPN(nn.Module):
         weights: None (random), a torchvision weight name ("IMAGENET1K_V1", "DEFAULT", ...) read from
             torchvision's local cache, or a path to a ResNet state dict.
         levels: consecutive pyramid levels to output, e.g. (2, 3, 4, 5, 6).
-        frozen_stages: -1 none, 0 stem, k stem + layer1..layerk (BatchNorm is always frozen).
+        frozen_stages: -1 none, 0 stem, k stem + layer1..layerk.
         channels: channels of every pyramid level.
+        norm: "frozen_bn" (frozen statistics and affine, for pretrained weights), "bn" or "gn" (trained,
+            for a backbone that starts from random weights).
 
     ``forward(images (B, 3, H, W)) -> [(B, channels, ceil(H / 2**k), ceil(W / 2**k)) for k in levels]``.
     """
@@ -144,10 +159,11 @@ class ResNetFPN(nn.Module):
         levels: tuple[int, ...] = (2, 3, 4, 5, 6),
         frozen_stages: int = 1,
         channels: int = 256,
+        norm: str = "frozen_bn",
     ) -> None:
         super().__init__()
         self.levels = check_levels(levels)
-        body = build_resnet(backbone, weights)
+        body = build_resnet(backbone, weights, norm)
         freeze_stages(body, frozen_stages)
         inputs = [level for level in BACKBONE_LEVELS if level >= self.levels[0]]
         expansion = body.layer1[0].expansion

@@ -1,0 +1,188 @@
+"""Positives per ground truth by object size: how many training samples each assigner gives tiny objects.
+
+The assigners are compared without training: FCOS on P3-P7 (the standard detector) and on P2-P6, the
+ATSS-style IoU top-k assigner on P2-P6, and Ali-TSM on the P2-P6 receptive-field priors. Ali-TSM also
+reads classification scores; by default they are constant, the state of a freshly initialised head
+(every logit equals the classification bias), where its ranking depends only on the KLD (stage 1) and
+the IoU of the shrunk priors (stage 2) — a constant of any value gives the same assignment.
+"""
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from torch import Tensor
+
+from kldet.assign.alitsm import alitsm_assign
+from kldet.assign.atss import atss_assign
+from kldet.assign.fcos import fcos_assign
+from kldet.assign.priors import points_and_strides, receptive_field_priors
+from kldet.data.aitod import AITOD_CLASSES
+from kldet.data.stats import SIZE_BIN_EDGES, SIZE_BINS, box_sizes
+from kldet.data.synthetic import synthesize_image
+
+P2_P6_STRIDES = (4, 8, 16, 32, 64)
+P3_P7_STRIDES = (8, 16, 32, 64, 128)
+# The classification logit of every point at initialisation: the FCOS head's bias, prior probability 0.01.
+INITIAL_LOGIT = -math.log((1 - 0.01) / 0.01)
+
+
+class Assignment(NamedTuple):
+    """The points an assigner chose from and its choice."""
+
+    points: Tensor  # (N, 2) x, y (for Ali-TSM the centres of the priors)
+    point_strides: Tensor  # (N,)
+    assigned: Tensor  # (N,) long, ground-truth index or -1
+
+
+class SizeBinStatistics(NamedTuple):
+    """Positives of the ground truths in one AI-TOD size bin."""
+
+    size_bin: str
+    num_gts: int
+    zero_fraction: float  # fraction of the ground truths with no positive point (nan when num_gts is 0)
+    mean_positives: float  # positive points per ground truth (nan when num_gts is 0)
+
+
+def compare_assigners(
+    image_size: tuple[int, int],
+    gt_boxes: Tensor,
+    gt_labels: Tensor,
+    num_classes: int,
+    cls_logits: Tensor | None = None,
+) -> dict[str, Assignment]:
+    """The four assignments of one image's ground truths, keyed by a display name.
+
+    Args:
+        image_size: (H, W).
+        gt_boxes: (G, 4) xyxy.
+        gt_labels: (G,) long in 0..num_classes-1.
+        cls_logits: (N, num_classes) Ali-TSM scores on the P2-P6 points; None for the constant
+            :data:`INITIAL_LOGIT`.
+    """
+    p3_points, p3_strides = points_and_strides(image_size, P3_P7_STRIDES)
+    p2_points, p2_strides = points_and_strides(image_size, P2_P6_STRIDES)
+    _, priors = receptive_field_priors(image_size, P2_P6_STRIDES)
+    if cls_logits is None:
+        cls_logits = torch.full((len(priors), num_classes), INITIAL_LOGIT)
+    return {
+        "FCOS P3-P7": Assignment(p3_points, p3_strides, fcos_assign(p3_points, p3_strides, gt_boxes)),
+        "FCOS P2-P6": Assignment(p2_points, p2_strides, fcos_assign(p2_points, p2_strides, gt_boxes)),
+        "ATSS P2-P6": Assignment(p2_points, p2_strides, atss_assign(p2_points, p2_strides, gt_boxes)),
+        "Ali-TSM P2-P6": Assignment(
+            p2_points, p2_strides, alitsm_assign(cls_logits, priors, gt_boxes, gt_labels)
+        ),
+    }
+
+
+def positives_per_gt(assigned: Tensor, num_gts: int) -> Tensor:
+    """(G,) number of points assigned to each ground truth, from an (N,) assignment (-1 = background)."""
+    return torch.bincount(assigned[assigned >= 0], minlength=num_gts)
+
+
+def size_bin_statistics(
+    gt_boxes: np.ndarray | Tensor, positives: np.ndarray | Tensor
+) -> list[SizeBinStatistics]:
+    """Statistics of (G,) positive counts of (G, 4) xyxy boxes per AI-TOD size bin (sqrt of the area;
+    a box on an edge goes to the larger bin), in the order of :data:`kldet.data.stats.SIZE_BINS`."""
+    bins = np.searchsorted(SIZE_BIN_EDGES, box_sizes(np.asarray(gt_boxes)), side="right")
+    positives = np.asarray(positives)
+    statistics = []
+    for index, name in enumerate(SIZE_BINS):
+        counts = positives[bins == index]
+        empty = len(counts) == 0
+        statistics.append(
+            SizeBinStatistics(
+                name,
+                len(counts),
+                math.nan if empty else float((counts == 0).mean()),
+                math.nan if empty else float(counts.mean()),
+            )
+        )
+    return statistics
+
+
+def synthetic_assignment_statistics(
+    num_images: int = 20,
+    image_size: int = 800,
+    seed: int = 0,
+    score_noise: float = 0.0,
+) -> dict[str, list[SizeBinStatistics]]:
+    """Per-size-bin statistics of the four assigners over scenes of the synthetic data set.
+
+    Scene ``i`` is image ``i`` of ``kldet.data.synthetic.generate(..., seed=seed, image_size=image_size)``
+    (AI-TOD-like sizes: mostly 4-16 px, a few up to 64).
+
+    Args:
+        score_noise: standard deviation of Gaussian noise added to the constant Ali-TSM logits (0: the
+            state at initialisation), drawn from ``torch.Generator().manual_seed(seed)``.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    num_priors = len(points_and_strides((image_size, image_size), P2_P6_STRIDES)[0])
+    num_classes = len(AITOD_CLASSES)
+    boxes, positives = [], {}
+    for i in range(num_images):
+        _, scene_boxes, scene_labels = synthesize_image(np.random.default_rng([seed, i]), image_size)
+        logits = INITIAL_LOGIT + score_noise * torch.randn((num_priors, num_classes), generator=generator)
+        gt_boxes = torch.from_numpy(scene_boxes)
+        assignments = compare_assigners(
+            (image_size, image_size), gt_boxes, torch.from_numpy(scene_labels), num_classes, logits
+        )
+        for name, assignment in assignments.items():
+            positives.setdefault(name, []).append(positives_per_gt(assignment.assigned, len(gt_boxes)))
+        boxes.append(scene_boxes)
+    all_boxes = np.concatenate(boxes)
+    return {name: size_bin_statistics(all_boxes, torch.cat(counts)) for name, counts in positives.items()}
+
+
+def format_statistics(statistics: dict[str, list[SizeBinStatistics]]) -> str:
+    """Two markdown tables, the share of ground truths without a positive and the mean positives, with
+    one row per assigner and one column per size bin."""
+    first = next(iter(statistics.values()))
+    header = "| assigner | " + " | ".join(f"{s.size_bin} (n={s.num_gts})" for s in first) + " |"
+    rule = "|---|" + "---:|" * len(first)
+    zero = [
+        f"| {name} | " + " | ".join(f"{100 * s.zero_fraction:.1f}" for s in bins) + " |"
+        for name, bins in statistics.items()
+    ]
+    mean = [
+        f"| {name} | " + " | ".join(f"{s.mean_positives:.2f}" for s in bins) + " |"
+        for name, bins in statistics.items()
+    ]
+    return "\n".join(
+        [
+            "Ground truths with no positive point (%)",
+            "",
+            header,
+            rule,
+            *zero,
+            "",
+            "Positive points per ground truth (mean)",
+            "",
+            header,
+            rule,
+            *mean,
+        ]
+    )
+
+
+def plot_statistics(statistics: dict[str, list[SizeBinStatistics]]) -> Figure:
+    """Grouped bars per size bin, one bar per assigner: no-positive share (left), mean positives (right)."""
+    figure = Figure(figsize=(11, 4), layout="constrained")
+    left, right = figure.subplots(1, 2)
+    first = next(iter(statistics.values()))
+    positions = np.arange(len(first))
+    width = 0.8 / len(statistics)
+    for k, (name, bins) in enumerate(statistics.items()):
+        offset = positions + (k - (len(statistics) - 1) / 2) * width
+        left.bar(offset, [100 * s.zero_fraction for s in bins], width, label=name)
+        right.bar(offset, [s.mean_positives for s in bins], width, label=name)
+    labels = [f"{s.size_bin}\n(n={s.num_gts})" for s in first]
+    for axes, title in ((left, "ground truths with no positive (%)"), (right, "positives per ground truth")):
+        axes.set_xticks(positions, labels)
+        axes.set_title(title)
+        axes.grid(axis="y", alpha=0.3)
+    right.legend()
+    return figure

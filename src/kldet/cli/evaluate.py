@@ -1,9 +1,15 @@
-"""kldet-eval: evaluate a COCO results file; prints the paper table and writes the metrics JSON.
+"""kldet-eval: evaluate a checkpoint on a data set split, or a COCO results file; prints the paper table
+and writes the metrics JSON.
 
+    kldet-eval ckpt=outputs/aitod_r50/DATE_TIME/checkpoints/best.ckpt data=aitod
+    kldet-eval ckpt=best.ckpt data=dior data.root=/data/DIOR split=val trainer=gpu out=metrics.json
     kldet-eval results=RES.json ann=ANN.json metric=aitod out=metrics.json
     kldet-eval results=RES.json metric=voc root=DIOR split=test
 
-keys: results (COCO results JSON), ann (COCO annotation JSON; metric aitod or coco),
+checkpoint mode (ckpt=...): Hydra overrides of conf/eval.yaml: data (aitod | dior | coco | synthetic) and
+data.* keys as for kldet-train, split (val | test), trainer / precision, out (default: metrics_SPLIT.json
+next to the checkpoint).
+results mode keys: results (COCO results JSON), ann (COCO annotation JSON; metric aitod or coco),
 metric (aitod | coco | voc), root and split (DIOR / Pascal VOC data set; metric voc),
 out (metrics JSON to write).
 """
@@ -15,7 +21,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from kldet.errors import KLDetConfigError, KLDetError
@@ -72,12 +81,61 @@ def run(config: EvaluateConfig) -> dict[str, float]:
     return metrics
 
 
+def checkpoint_config(overrides: list[str]) -> DictConfig:
+    """``conf/eval.yaml`` composed with Hydra ``overrides``; an unknown key is a ``KLDetConfigError``."""
+    # Imported here: the results mode needs neither Lightning nor the model.
+    from kldet.cli.train import CONFIG_DIR
+
+    try:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            cfg = compose("eval", overrides=overrides, return_hydra_config=True)
+    except (HydraException, OmegaConfBaseException) as e:
+        raise KLDetConfigError(str(e).splitlines()[0]) from None
+    # Lets ${hydra:runtime.cwd} in conf/paths resolve as it does under kldet-train.
+    HydraConfig.instance().set_config(cfg)
+    if cfg.split not in ("val", "test"):
+        raise KLDetConfigError(f"split={cfg.split!r}: choose val or test (data.val_split / data.test_split)")
+    return cfg
+
+
+def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
+    """Runs ``Trainer.validate`` or ``Trainer.test`` of the checkpoint on ``cfg.split`` of ``cfg.data``.
+
+    Prints the table and writes the metrics JSON (``cfg.out`` or ``metrics_<split>.json`` beside the
+    checkpoint); returns the metrics without the split prefix.
+    """
+    from kldet.cli.train import build_datamodule, build_trainer, prefixed
+    from kldet.lit import KLDetModule
+
+    ckpt = Path(cfg.ckpt)
+    datamodule = build_datamodule(cfg)
+    module = KLDetModule.from_checkpoint(ckpt, metric=cfg.module.metric)
+    if module.hparams["classes"] != datamodule.classes:
+        raise KLDetConfigError(
+            f"checkpoint {ckpt} was trained on classes {module.hparams['classes']}, "
+            f"but data={cfg.data.format} has {datamodule.classes}"
+        )
+    trainer = build_trainer(cfg, logger=False, callbacks=[], default_root_dir=ckpt.parent)
+    evaluate = trainer.validate if cfg.split == "val" else trainer.test
+    logged = evaluate(module, datamodule=datamodule, verbose=False)[0]
+    metrics = prefixed(logged, f"{cfg.split}/")
+    print(format_table(metrics, cfg.module.metric, datamodule.classes))
+    out = Path(cfg.out) if cfg.out is not None else ckpt.parent / f"metrics_{cfg.split}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(metrics, indent=2) + "\n")
+    print(f"\nmetrics written to {out}")
+    return metrics
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if any(arg in ("-h", "--help") for arg in argv):
         print(__doc__.strip())
         return 0
     try:
+        if any(arg.startswith("ckpt=") for arg in argv):
+            evaluate_checkpoint(checkpoint_config(argv))
+            return 0
         run(parse_args(argv))
     except (KLDetError, OSError) as e:  # OSError: the output cannot be written
         print(f"kldet-eval: error: {e}", file=sys.stderr)

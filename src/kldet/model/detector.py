@@ -91,7 +91,9 @@ class KLDet(nn.Module):
         if assigner not in ASSIGNERS:
             raise KLDetConfigError(f"assigner={assigner!r}: choose one of {', '.join(ASSIGNERS)}")
         self.num_classes = num_classes
-        self.backbone = ResNetFPN(backbone, weights, tuple(fpn_levels), frozen_stages, channels, backbone_norm)
+        self.backbone = ResNetFPN(
+            backbone, weights, tuple(fpn_levels), frozen_stages, channels, backbone_norm
+        )
         self.strides = tuple(2**level for level in self.backbone.levels)
         self.attention = TaskLevelAttention(channels) if attention else None
         self.head = FCOSHead(num_classes, len(self.strides), channels, head_convs, head_norm)

@@ -1,0 +1,404 @@
+"""KLDetModule: the LightningModule that trains and evaluates a :class:`kldet.model.KLDet`.
+
+Lightning owns devices, DDP, AMP, gradient clipping, checkpoints and loggers; this module owns the
+steps, the SGD parameter groups and the warm-up + multi-step learning-rate schedule of
+``KLDET_SPEC.md`` section 6.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from torch import Tensor, nn
+
+from kldet.checkpoint import load_detector
+from kldet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from kldet.errors import KLDetConfigError, KLDetError
+from kldet.evaluation import DetectionMetric
+from kldet.inference.render import draw_detections
+from kldet.model import KLDet
+
+# Spec section 6: SGD lr 0.0025 at batch 2, momentum 0.9, weight decay 1e-4, biases 2x lr and no
+# decay, constant warm-up 1/3 for 10,000 iterations, x0.1 after epochs 8 and 11.
+DEFAULT_OPTIM: dict[str, Any] = {
+    "lr": 0.0025,
+    "momentum": 0.9,
+    "weight_decay": 1e-4,
+    "bias_lr_factor": 2.0,
+    "bias_weight_decay": 0.0,
+    "norm_weight_decay": 0.0,
+    "warmup": "constant",
+    "warmup_steps": 10000,
+    "warmup_factor": 1.0 / 3.0,
+    "milestones": [8, 11],
+    "gamma": 0.1,
+    "auto_scale_lr": False,
+    "base_batch_size": 2,
+}
+
+WARMUP_KINDS = ("constant", "linear", "none")
+_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+
+
+class NonFiniteLossError(KLDetError):
+    """The training loss became NaN or infinite; the message names the step and the images."""
+
+
+def param_groups(
+    module: nn.Module,
+    lr: float,
+    weight_decay: float,
+    bias_lr_factor: float = 2.0,
+    bias_weight_decay: float = 0.0,
+    norm_weight_decay: float = 0.0,
+) -> list[dict[str, Any]]:
+    """Split trainable parameters into SGD groups "weight", "bias" and "norm".
+
+    Weights of normalisation layers (BatchNorm, GroupNorm, LayerNorm) and their biases go to "norm"
+    (lr, ``norm_weight_decay``); the other biases to "bias" (``lr * bias_lr_factor``,
+    ``bias_weight_decay``); everything else to "weight" (lr, ``weight_decay``). Frozen parameters
+    are left out; empty groups are dropped. Each group carries its "name".
+    """
+    groups: dict[str, dict[str, Any]] = {
+        "weight": {"name": "weight", "params": [], "lr": lr, "weight_decay": weight_decay},
+        "bias": {"name": "bias", "params": [], "lr": lr * bias_lr_factor, "weight_decay": bias_weight_decay},
+        "norm": {"name": "norm", "params": [], "lr": lr, "weight_decay": norm_weight_decay},
+    }
+    for submodule in module.modules():
+        for param_name, param in submodule.named_parameters(recurse=False):
+            if not param.requires_grad:
+                continue
+            if isinstance(submodule, _NORM_TYPES):
+                groups["norm"]["params"].append(param)
+            elif param_name == "bias":
+                groups["bias"]["params"].append(param)
+            else:
+                groups["weight"]["params"].append(param)
+    return [group for group in groups.values() if group["params"]]
+
+
+def lr_factor(
+    step: int,
+    *,
+    steps_per_epoch: int,
+    milestones: Sequence[int] = (8, 11),
+    gamma: float = 0.1,
+    warmup: str = "constant",
+    warmup_steps: int = 10000,
+    warmup_factor: float = 1.0 / 3.0,
+) -> float:
+    """Learning-rate multiplier for the optimiser update with 0-based index ``step``.
+
+    ``gamma ** (number of milestones <= epoch)`` with ``epoch = step // steps_per_epoch`` (so
+    milestone 8 means "after 8 epochs"), times the warm-up factor while ``step < warmup_steps``:
+    ``warmup_factor`` ("constant") or ``1 - (1 - step / warmup_steps) * (1 - warmup_factor)``
+    ("linear", MMDetection's rule), 1 for "none".
+    """
+    epoch = step // steps_per_epoch
+    factor = gamma ** sum(epoch >= milestone for milestone in milestones)
+    if step < warmup_steps:
+        if warmup == "constant":
+            factor *= warmup_factor
+        elif warmup == "linear":
+            factor *= 1.0 - (1.0 - step / warmup_steps) * (1.0 - warmup_factor)
+    return factor
+
+
+def scaled_lr(lr: float, base_batch_size: int, total_batch_size: int) -> float:
+    """Linear scaling rule: ``lr`` is right for ``base_batch_size`` images per update."""
+    return lr * total_batch_size / base_batch_size
+
+
+def draw_validation_image(
+    image: Tensor,
+    target: Mapping[str, Any],
+    prediction: Mapping[str, Tensor],
+    classes: Sequence[str],
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    score_thresh: float = 0.3,
+) -> Tensor:
+    """Ground truth (left) and detections scoring at least ``score_thresh`` (right), side by side.
+
+    Args:
+        image: (3, H, W) normalised, padded model input.
+        target: the data set's target: "size" (h, w) before padding, "scale" (sx, sy), "gt_boxes" (G, 4)
+            and "gt_labels" (G,) in original pixels.
+        prediction: "boxes" (K, 4) in original pixels, "scores" (K,), "labels" (K,).
+
+    Returns:
+        (3, h, 2 * w) uint8, the un-padded resized image twice.
+    """
+    height, width = (int(v) for v in target["size"])
+    scale_x, scale_y = (float(v) for v in target["scale"])
+    to_resized = torch.tensor([scale_x, scale_y, scale_x, scale_y])
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+    pixels = (image[:, :height, :width].detach().float().cpu() * std_t + mean_t).clamp(0, 255).to(torch.uint8)
+    pixels = pixels.permute(1, 2, 0).numpy()
+    gt_boxes = torch.as_tensor(target["gt_boxes"]).float().cpu().reshape(-1, 4)
+    truth = {
+        "boxes": gt_boxes * to_resized,
+        "scores": torch.ones(len(gt_boxes)),
+        "labels": torch.as_tensor(target["gt_labels"]).long().cpu().reshape(-1),
+    }
+    keep = prediction["scores"].detach().cpu() >= score_thresh
+    detected = {
+        "boxes": prediction["boxes"].detach().float().cpu()[keep] * to_resized,
+        "scores": prediction["scores"].detach().float().cpu()[keep],
+        "labels": prediction["labels"].detach().cpu()[keep],
+    }
+    panels = [draw_detections(pixels, boxes, classes, show_labels=False) for boxes in (truth, detected)]
+    return torch.from_numpy(np.concatenate(panels, axis=1)).permute(2, 0, 1)
+
+
+def _plain(value: Any) -> Any:
+    """OmegaConf containers to plain dicts and lists (checkpoints must load without OmegaConf)."""
+    if isinstance(value, DictConfig | ListConfig):
+        return OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value
+
+
+class KLDetModule(L.LightningModule):
+    """Trains, validates, tests and predicts with a :class:`~kldet.model.KLDet` held as ``self.model``.
+
+    Args:
+        model: KLDet keyword arguments without ``num_classes`` (taken from ``classes``).
+        classes: class names, index = 0-based label.
+        category_ids: the data set's own category id of each class (for results files).
+        optim: overrides of :data:`DEFAULT_OPTIM` (unknown keys are an error).
+        metric: "aitod", "coco" or "voc" — which :class:`~kldet.evaluation.DetectionMetric` to use.
+        preprocess: ``{"mean", "std", "size_divisor", "max_size"}`` the data module applied, kept in
+            the checkpoint so inference can repeat it.
+        num_logged_images: validation images drawn with predicted and true boxes for the loggers.
+
+    Batches are ``(images (B, 3, H, W), targets)`` as made by :func:`kldet.data.collate`.
+    """
+
+    def __init__(
+        self,
+        model: Mapping[str, Any],
+        classes: Sequence[str],
+        category_ids: Sequence[int] | None = None,
+        optim: Mapping[str, Any] | None = None,
+        metric: str = "aitod",
+        preprocess: Mapping[str, Any] | None = None,
+        num_logged_images: int = 4,
+    ) -> None:
+        super().__init__()
+        model = _plain(model)
+        classes = [str(name) for name in _plain(classes)]
+        num_classes = model.pop("num_classes", len(classes))
+        if num_classes != len(classes):
+            raise KLDetConfigError(
+                f"model.num_classes={num_classes} but the data set has {len(classes)} classes"
+            )
+        optim = _plain(optim or {})
+        unknown = sorted(set(optim) - set(DEFAULT_OPTIM))
+        if unknown:
+            raise KLDetConfigError(f"unknown optim keys {unknown}; known: {sorted(DEFAULT_OPTIM)}")
+        if optim.get("warmup", "constant") not in WARMUP_KINDS:
+            raise KLDetConfigError(f"optim.warmup={optim['warmup']!r}; choose one of {WARMUP_KINDS}")
+        self.save_hyperparameters(
+            {
+                "model": {"num_classes": num_classes, **model},
+                "classes": classes,
+                "category_ids": list(_plain(category_ids)) if category_ids is not None else None,
+                "optim": {**DEFAULT_OPTIM, **optim},
+                "metric": metric,
+                "preprocess": _plain(preprocess) if preprocess is not None else None,
+                "num_logged_images": num_logged_images,
+            }
+        )
+        self.model = KLDet(**self.hparams["model"])
+        self.val_metric = DetectionMetric(metric, classes)
+        self.test_metric = DetectionMetric(metric, classes)
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | os.PathLike, map_location: str | torch.device = "cpu", metric: str | None = None
+    ) -> KLDetModule:
+        """The module of a kldet-train checkpoint, read with :func:`kldet.checkpoint.load_detector` (so no
+        pretrained backbone file is needed); ``metric`` replaces the evaluation kind it was trained with."""
+        detector, meta = load_detector(path, map_location)
+        # The optimiser settings and metric kind are not part of load_detector's metadata.
+        hyper_parameters = torch.load(path, map_location="cpu", weights_only=True, mmap=True)[
+            "hyper_parameters"
+        ]
+        with warnings.catch_warnings():
+            # The detector built here is replaced by the loaded one at once.
+            warnings.filterwarnings("ignore", message=".*starts from random weights")
+            module = cls(
+                model=meta["model"],
+                classes=meta["classes"],
+                category_ids=meta["category_ids"],
+                optim=hyper_parameters.get("optim"),
+                metric=metric or hyper_parameters.get("metric", "aitod"),
+                preprocess=meta["preprocess"] or None,
+                num_logged_images=0,
+            )
+        module.model = detector
+        return module
+
+    def forward(self, images: Tensor) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        """Raw per-level maps of the detector (see :meth:`kldet.model.KLDet.forward`)."""
+        return self.model(images)
+
+    def training_step(self, batch: tuple[Tensor, list[dict[str, Any]]], batch_idx: int) -> Tensor:
+        images, targets = batch
+        losses = self.model.loss(images, [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets])
+        loss = sum(losses.values())
+        if not torch.isfinite(loss):
+            values = ", ".join(f"{name}={value.item():.4g}" for name, value in losses.items())
+            files = ", ".join(str(t["file_name"]) for t in targets)
+            raise NonFiniteLossError(
+                f"non-finite loss at global step {self.global_step} (epoch {self.current_epoch}, "
+                f"batch {batch_idx}): {values}; images: {files}"
+            )
+        batch_size = images.shape[0]
+        self.log_dict({f"train/{name}": value for name, value in losses.items()}, batch_size=batch_size)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        return loss
+
+    def _predict(self, images: Tensor, targets: Sequence[Mapping[str, Any]]) -> list[dict[str, Tensor]]:
+        return self.model.predict(
+            images,
+            image_sizes=[tuple(t["size"]) for t in targets],
+            scale_factors=[tuple(t["scale"]) for t in targets],
+        )
+
+    def _update_metric(
+        self, metric: DetectionMetric, images: Tensor, targets: Sequence[Mapping[str, Any]]
+    ) -> list[dict[str, Tensor]]:
+        predictions = self._predict(images, targets)
+        metric.update(
+            predictions,
+            [
+                {
+                    "boxes": t["gt_boxes"],
+                    "labels": t["gt_labels"],
+                    "ignored": t["gt_ignored"],
+                    "image_id": t["image_id"],
+                }
+                for t in targets
+            ],
+        )
+        return predictions
+
+    def validation_step(self, batch: tuple[Tensor, list[dict[str, Any]]], batch_idx: int) -> None:
+        images, targets = batch
+        predictions = self._update_metric(self.val_metric, images, targets)
+        if batch_idx == 0 and not self.trainer.sanity_checking:
+            self._log_images(images, targets, predictions)
+
+    def test_step(self, batch: tuple[Tensor, list[dict[str, Any]]], batch_idx: int) -> None:
+        images, targets = batch
+        self._update_metric(self.test_metric, images, targets)
+
+    def predict_step(
+        self, batch: tuple[Tensor, list[dict[str, Any]]], batch_idx: int
+    ) -> list[dict[str, Any]]:
+        """Detections in original image pixels, each with the image's "image_id" and "file_name"."""
+        images, targets = batch
+        predictions = self._predict(images, targets)
+        return [
+            {**prediction, "image_id": t["image_id"], "file_name": t["file_name"]}
+            for prediction, t in zip(predictions, targets, strict=True)
+        ]
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metric(self.val_metric, "val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metric(self.test_metric, "test")
+
+    def _log_metric(self, metric: DetectionMetric, stage: str) -> None:
+        # compute() gathers over DDP ranks itself, so the values are already global.
+        values = metric.compute()
+        metric.reset()
+        self.log_dict({f"{stage}/{name}": float(value) for name, value in values.items()}, sync_dist=False)
+
+    def _log_images(
+        self,
+        images: Tensor,
+        targets: Sequence[Mapping[str, Any]],
+        predictions: Sequence[Mapping[str, Tensor]],
+    ) -> None:
+        count = min(self.hparams["num_logged_images"], images.shape[0])
+        loggers = [logger for logger in self.loggers if isinstance(logger, TensorBoardLogger | WandbLogger)]
+        if count == 0 or not loggers:
+            return
+        preprocess = self.hparams["preprocess"] or {}
+        mean, std = preprocess.get("mean", IMAGENET_MEAN), preprocess.get("std", IMAGENET_STD)
+        drawings = [
+            draw_validation_image(images[i], targets[i], predictions[i], self.hparams["classes"], mean, std)
+            for i in range(count)
+        ]
+        for logger in loggers:
+            if isinstance(logger, TensorBoardLogger):
+                for i, drawing in enumerate(drawings):
+                    logger.experiment.add_image(f"val/image_{i}", drawing, self.global_step)
+            else:
+                logger.log_image("val/images", [drawing.permute(1, 2, 0).numpy() for drawing in drawings])
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optim = self.hparams["optim"]
+        lr = optim["lr"]
+        steps_per_epoch = self._steps_per_epoch()
+        if optim["auto_scale_lr"]:
+            lr = scaled_lr(lr, optim["base_batch_size"], self._total_batch_size())
+        optimizer = torch.optim.SGD(
+            param_groups(
+                self.model,
+                lr=lr,
+                weight_decay=optim["weight_decay"],
+                bias_lr_factor=optim["bias_lr_factor"],
+                bias_weight_decay=optim["bias_weight_decay"],
+                norm_weight_decay=optim["norm_weight_decay"],
+            ),
+            lr=lr,
+            momentum=optim["momentum"],
+        )
+        # A partial (not a stateful object) so that a resumed run restores only the step count and
+        # recomputes the schedule from its own configuration.
+        schedule = functools.partial(
+            lr_factor,
+            steps_per_epoch=steps_per_epoch,
+            milestones=tuple(optim["milestones"]),
+            gamma=optim["gamma"],
+            warmup=optim["warmup"],
+            warmup_steps=optim["warmup_steps"],
+            warmup_factor=optim["warmup_factor"],
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _steps_per_epoch(self) -> int:
+        """Optimiser updates per epoch on this process, to turn epoch milestones into steps."""
+        trainer = self.trainer
+        # Reading estimated_stepping_batches makes Lightning load the train dataloader if needed.
+        if trainer.estimated_stepping_batches == float("inf") or trainer.num_training_batches == float("inf"):
+            raise KLDetConfigError("optim.milestones are in epochs: the train dataloader needs a length")
+        return max(1, math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches))
+
+    def _total_batch_size(self) -> int:
+        """Images per optimiser update over all processes: batch size x devices x nodes x accumulation."""
+        trainer = self.trainer
+        batch_size = getattr(trainer.train_dataloader, "batch_size", None)
+        if batch_size is None:
+            raise KLDetConfigError("optim.auto_scale_lr needs a train dataloader with a fixed batch_size")
+        return batch_size * trainer.world_size * trainer.accumulate_grad_batches

@@ -1,0 +1,261 @@
+"""kldet-train end to end on a tiny synthetic set: fast_dev_run, checkpoints, resume, the non-finite loss
+guard, lr scaling, a multirun sweep and the missing-data message."""
+
+import copy
+import json
+import sys
+import warnings
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from lightning.pytorch import Callback
+from omegaconf import open_dict
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from kldet.cli.evaluate import main as kldet_eval
+from kldet.cli.train import CONFIG_DIR, build_datamodule, build_module, build_trainer, main, train
+from kldet.lit import NonFiniteLossError, lr_factor
+from kldet.model import KLDet
+
+# 6 images of 64x64 (5 train, 1 val) and a detector with 32 channels: seconds per run on a CPU.
+TINY = [
+    "experiment=synthetic",
+    "synthetic.num_images=6",
+    "synthetic.image_size=64",
+    "data.max_size=64",
+    "data.batch_size=2",
+    "data.num_workers=0",
+    "model.channels=32",
+    "model.head_convs=1",
+    "model.head_norm=null",
+    "logger=csv",
+    "trainer.enable_progress_bar=false",
+    "callbacks.model_summary.max_depth=0",
+]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(autouse=True)
+def quiet_single_thread():
+    # One intra-op thread: these models are tiny, and two threads spin against each other on a busy CPU.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=".*(random weights|does not have many workers|too few|Total length).*"
+        )
+        yield
+    torch.set_num_threads(threads)
+
+
+def tiny_config(data_dir, output_dir, *overrides):
+    """The synthetic experiment shrunk, with the run folder at ``output_dir`` (no Hydra run needed)."""
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=[*TINY, *overrides])
+    with open_dict(cfg):
+        cfg.paths = {
+            "data_dir": str(data_dir),
+            "output_dir": str(output_dir),
+            "root_dir": ".",
+            "log_dir": ".",
+        }
+    return cfg
+
+
+def kldet_train(monkeypatch, *argv):
+    # Hydra's logging setup would keep handlers on pytest's per-test captured streams.
+    logging = ["hydra/job_logging=none", "hydra/hydra_logging=none"]
+    monkeypatch.setattr(sys, "argv", ["kldet-train", *argv, *logging])
+    return main()
+
+
+def test_fast_dev_run_of_the_synthetic_experiment(monkeypatch, capsys, tmp_path, data_dir):
+    run_dir = tmp_path / "run"
+    kldet_train(
+        monkeypatch,
+        *TINY,
+        "trainer.fast_dev_run=true",
+        f"paths.data_dir={data_dir}",
+        f"hydra.run.dir={run_dir}",
+    )
+    assert (data_dir / "synthetic" / "annotations" / "train.json").is_file()
+    assert json.loads((data_dir / "synthetic" / "synthetic.json").read_text())["num_images"] == 6
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert {"train/loss", "train/loss_cls", "train/loss_box", "train/loss_ctr", "val/AP", "test/AP50"} <= set(
+        metrics
+    )
+    assert "| AP | AP50 |" in capsys.readouterr().out.replace("  ", "")
+
+
+class Probe(Callback):
+    """What the trainer holds when training (re)starts, after any checkpoint was restored."""
+
+    def on_train_start(self, trainer, pl_module):
+        self.global_step = trainer.global_step
+        self.epoch = trainer.current_epoch
+        # Copies: training goes on to update the momentum buffers in place.
+        self.optimizer = copy.deepcopy(trainer.optimizers[0].state_dict())
+        self.scheduler = copy.deepcopy(trainer.lr_scheduler_configs[0].scheduler.state_dict())
+        self.lrs = {group["name"]: group["lr"] for group in trainer.optimizers[0].param_groups}
+
+
+def test_checkpoints_and_resume_restore_step_optimiser_and_schedule(tmp_path, data_dir):
+    # Two epochs of 3 updates (5 images, batch 2); warm-up for 4 updates, decay after epoch 1.
+    schedule = [
+        "optim.warmup=linear",
+        "optim.warmup_steps=4",
+        "optim.warmup_factor=0.5",
+        "optim.milestones=[1]",
+    ]
+    every_epoch = ["trainer.check_val_every_n_epoch=1", "test=false"]
+    first = tiny_config(data_dir, tmp_path / "first", *schedule, *every_epoch, "trainer.max_epochs=1")
+    train(first)
+    last = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    assert (tmp_path / "first" / "checkpoints" / "best.ckpt").is_file()
+    saved = torch.load(last, map_location="cpu", weights_only=False)
+    assert (saved["global_step"], saved["epoch"]) == (3, 0)
+    assert saved["lr_schedulers"][0]["last_epoch"] == 3
+    assert set(saved["hyper_parameters"]) >= {"model", "classes", "category_ids", "preprocess"}
+    assert all(key.startswith(("model.", "val_metric", "test_metric")) for key in saved["state_dict"])
+
+    second = tiny_config(data_dir, tmp_path / "second", *schedule, *every_epoch, "trainer.max_epochs=2")
+    with open_dict(second):
+        second.ckpt_path = str(last)
+    datamodule = build_datamodule(second)
+    module = build_module(second, datamodule)
+    trainer = build_trainer(second)
+    probe = Probe()
+    trainer.callbacks.append(probe)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=second.ckpt_path)
+
+    assert (probe.global_step, probe.epoch) == (3, 1)
+    assert probe.scheduler["last_epoch"] == 3
+    saved_state = saved["optimizer_states"][0]["state"]
+    assert saved_state.keys() == probe.optimizer["state"].keys()
+    for key, value in saved_state.items():
+        assert torch.equal(value["momentum_buffer"], probe.optimizer["state"][key]["momentum_buffer"])
+    # Update 3 (0-based) is in epoch 1: decayed once, and 3/4 through the linear warm-up.
+    factor = lr_factor(
+        3, steps_per_epoch=3, milestones=(1,), warmup="linear", warmup_steps=4, warmup_factor=0.5
+    )
+    assert factor == pytest.approx(0.1 * (1 - 0.25 * 0.5))
+    lr = second.optim.lr
+    assert probe.lrs == pytest.approx({"weight": lr * factor, "bias": 2 * lr * factor, "norm": lr * factor})
+    assert trainer.global_step == 6
+
+
+def test_auto_scale_lr_follows_the_total_batch(tmp_path, data_dir):
+    cfg = tiny_config(
+        data_dir,
+        tmp_path,
+        "optim.auto_scale_lr=true",
+        "optim.lr=0.01",
+        "optim.base_batch_size=8",
+        "trainer.accumulate_grad_batches=2",
+        "trainer.fast_dev_run=true",
+        "test=false",
+    )
+    datamodule = build_datamodule(cfg)
+    module = build_module(cfg, datamodule)
+    trainer = build_trainer(cfg)
+    trainer.fit(module, datamodule=datamodule)
+    # batch 2 x 1 device x accumulate 2 = 4 images per update: half of base 8.
+    lrs = {group["name"]: group["initial_lr"] for group in trainer.optimizers[0].param_groups}
+    assert lrs == pytest.approx({"weight": 0.005, "bias": 0.01, "norm": 0.005})
+
+
+def test_non_finite_loss_names_step_and_images(tmp_path, data_dir, monkeypatch):
+    def nan_loss(self, images, targets):
+        value = self.head.cls_logits.weight.sum() * float("nan")
+        return {"loss_cls": value, "loss_box": value.detach(), "loss_ctr": value.detach()}
+
+    monkeypatch.setattr(KLDet, "loss", nan_loss)
+    cfg = tiny_config(data_dir, tmp_path, "trainer.max_epochs=1", "test=false")
+    with pytest.raises(NonFiniteLossError, match=r"global step 0 .*loss_cls=nan.*images: \d+\.png, \d+\.png"):
+        train(cfg)
+
+
+def test_cli_prints_errors_without_traceback(monkeypatch, capsys, tmp_path, data_dir):
+    monkeypatch.setattr(KLDet, "loss", lambda self, images, targets: {"loss_cls": torch.tensor(float("inf"))})
+    with pytest.raises(SystemExit) as exit_info:
+        kldet_train(monkeypatch, *TINY, f"paths.data_dir={data_dir}", f"hydra.run.dir={tmp_path}")
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert "kldet-train: error: non-finite loss at global step 0" in err
+    assert "Traceback" not in err
+
+
+def test_missing_aitod_says_where_and_which_key(monkeypatch, capsys, tmp_path):
+    with pytest.raises(SystemExit):
+        kldet_train(
+            monkeypatch,
+            "experiment=aitod_r50",
+            "model.weights=null",
+            f"paths.data_dir={tmp_path}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        )
+    err = capsys.readouterr().err
+    assert f"AI-TOD split 'trainval' not found: no root at {tmp_path}/aitod" in err
+    assert "root=" in err and "Traceback" not in err
+
+
+def test_multirun_sweeps_assigners(monkeypatch, tmp_path, data_dir):
+    kldet_train(
+        monkeypatch,
+        "-m",
+        *TINY,
+        "assigner=alitsm,fcos",
+        "trainer.fast_dev_run=true",
+        "test=false",
+        f"paths.data_dir={data_dir}",
+        f"hydra.sweep.dir={tmp_path}",
+    )
+    configs = sorted(tmp_path.glob("*/.hydra/config.yaml"))
+    assert [path.parent.parent.name for path in configs] == ["0", "1"]
+    assert ["assigner: fcos" in path.read_text() for path in configs] == [False, True]
+    assert all((path.parent.parent / "metrics.json").is_file() for path in configs)
+
+
+def test_validation_images_reach_tensorboard_and_kldet_eval_checkpoint_mode(capsys, tmp_path, data_dir):
+    overrides = [
+        "trainer.max_epochs=1",
+        "trainer.check_val_every_n_epoch=1",
+        "trainer.log_every_n_steps=1",
+        "test=false",
+        "logger=tensorboard",
+    ]
+    train(tiny_config(data_dir, tmp_path, *overrides))
+    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"images": 0}).Reload()
+    assert "val/image_0" in events.Tags()["images"]
+    assert "val/AP" in events.Tags()["scalars"] and "train/loss" in events.Tags()["scalars"]
+    logged = json.loads((tmp_path / "metrics.json").read_text())
+    ckpt = tmp_path / "checkpoints" / "best.ckpt"
+    capsys.readouterr()
+    tiny_data = [
+        "data.max_size=64",
+        "data.num_workers=0",
+        "synthetic.num_images=6",
+        "synthetic.image_size=64",
+    ]
+    code = kldet_eval(
+        [f"ckpt={ckpt}", "experiment=synthetic", *tiny_data, f"paths.data_dir={data_dir}", "split=val"]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "| AP | AP50 |" in out.replace("  ", "")
+    written = json.loads((tmp_path / "checkpoints" / "metrics_val.json").read_text())
+    # The same weights on the same split as the last validation of training.
+    assert written["AP50"] == pytest.approx(logged["val/AP50"])
+    assert written["AP"] == pytest.approx(logged["val/AP"])
+
+
+def test_kldet_eval_checkpoint_mode_rejects_unknown_keys(capsys, tmp_path):
+    assert kldet_eval([f"ckpt={tmp_path / 'x.ckpt'}", "data=synthetic", "data.nope=1"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("kldet-eval: error: ") and "nope" in err and "Traceback" not in err

@@ -416,8 +416,8 @@ def test_cli_empty_results_score_zero(tmp_path):
 @pytest.mark.parametrize(
     ("change", "args", "message"),
     [
-        (None, ["results=missing.json"], "results file missing.json does not exist"),
-        ("res_broken", [], "is not valid JSON"),
+        (None, ["results=missing.json"], "missing.json: results file not found"),
+        ("res_broken", [], "not valid JSON"),
         ("res_unknown_image", [], "image id.*424242"),
         ("res_bad_box", [], "detection 2: 'bbox' must be four finite numbers"),
         ("ann_bad_image", [], "annotation 1: image id 31337 is not in 'images'"),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +16,7 @@ from kldet.data.records import (
     check_box,
     check_image,
     normalize_class_name,
+    read_json,
     stack_boxes,
 )
 from kldet.errors import KLDetDataError
@@ -190,19 +190,7 @@ def to_coco(
 
 def _load(path: Path) -> dict:
     """The parsed annotation file, with ``images``, ``annotations`` and ``categories`` lists."""
-    try:
-        with path.open("rb") as f:
-            data = json.load(f)
-    except (FileNotFoundError, NotADirectoryError):
-        raise KLDetDataError(f"{path}: annotation file not found") from None
-    except json.JSONDecodeError as error:
-        raise KLDetDataError(
-            f"{path}: not valid JSON: {error.msg} (line {error.lineno}, column {error.colno})"
-        ) from None
-    except UnicodeDecodeError:
-        raise KLDetDataError(f"{path}: not a text file") from None
-    except OSError as error:
-        raise KLDetDataError(f"{path}: cannot read annotation file: {error.strerror}") from None
+    data = read_json(path, "annotation")
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise KLDetDataError(f'{path}: not a COCO annotation file (needs an object with an "images" list)')
     data.setdefault("annotations", [])

@@ -14,6 +14,7 @@ Box policy (the same for every format):
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections import Counter
@@ -263,3 +264,24 @@ def normalize_class_name(name: str) -> str:
 def stack_boxes(boxes: Sequence[Sequence[float]]) -> np.ndarray:
     """(N, 4) float32 array of N boxes (no boxes give (0, 4))."""
     return np.array(boxes, np.float32).reshape(-1, 4)
+
+
+def read_json(path: str | Path, what: str = "annotation"):
+    """The parsed JSON file ``path`` (a ``what`` file: "annotation", "results", ...); a missing, unreadable
+    or broken file is one :class:`KLDetDataError` naming it."""
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            return json.load(f)
+    except (FileNotFoundError, NotADirectoryError):
+        raise KLDetDataError(f"{path}: {what} file not found") from None
+    except IsADirectoryError:
+        raise KLDetDataError(f"{path}: {what} file is a directory") from None
+    except json.JSONDecodeError as error:
+        raise KLDetDataError(
+            f"{path}: not valid JSON: {error.msg} (line {error.lineno}, column {error.colno})"
+        ) from None
+    except UnicodeDecodeError:
+        raise KLDetDataError(f"{path}: not a text file") from None
+    except OSError as error:
+        raise KLDetDataError(f"{path}: cannot read {what} file: {error.strerror}") from None

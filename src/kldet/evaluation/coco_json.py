@@ -9,26 +9,16 @@ from pathlib import Path
 
 import numpy as np
 
+from kldet.data.records import read_json
 from kldet.errors import KLDetDataError
 from kldet.evaluation.coco import CocoDetections, gc_paused
 
 
 def load_json(path: str | Path, what: str):
-    """The parsed content of ``path``; a missing file or broken JSON is a :class:`KLDetDataError`."""
-    path = Path(path)
-    try:
-        with path.open() as f, gc_paused():
-            return json.load(f)
-    except FileNotFoundError:
-        raise KLDetDataError(f"{what} file {path} does not exist") from None
-    except IsADirectoryError:
-        raise KLDetDataError(f"{what} file {path} is a directory") from None
-    except json.JSONDecodeError as e:
-        raise KLDetDataError(
-            f"{what} file {path} is not valid JSON: {e.msg} (line {e.lineno}, column {e.colno})"
-        ) from None
-    except UnicodeDecodeError:
-        raise KLDetDataError(f"{what} file {path} is not text") from None
+    """:func:`kldet.data.records.read_json` with garbage collection paused (results files hold millions
+    of small dicts)."""
+    with gc_paused():
+        return read_json(path, what)
 
 
 def read_coco_results(path: str | Path) -> CocoDetections:

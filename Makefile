@@ -30,13 +30,13 @@ lint: install
 	$(BIN)/ruff format --check src tests benchmarks notebooks
 
 # The synthetic tiny-object set (written on first use), trained on the CPU, evaluated (the AI-TOD table),
-# and detections drawn on the val images (outputs/demo/predictions/rendered/).
+# and detections drawn on a few val images (outputs/demo/predictions/rendered/).
 DEMO_DIR := outputs/demo
 demo: install
 	rm -rf $(DEMO_DIR)
 	$(BIN)/kldet-train experiment=synthetic hydra.run.dir=$(DEMO_DIR) $(ARGS)
-	$(BIN)/kldet-predict ckpt=$(DEMO_DIR)/checkpoints/best.ckpt input=data/synthetic/val \
-		output=$(DEMO_DIR)/predictions score_thresh=0.3
+	$(BIN)/kldet-predict ckpt=$(DEMO_DIR)/checkpoints/best.ckpt 'input=data/synthetic/val/*5.png' \
+		output=$(DEMO_DIR)/predictions score_thresh=0.2
 
 synth: install
 	$(BIN)/kldet-data synth out=data/synthetic num_images=200 seed=0

@@ -5,14 +5,15 @@ required key (default ``omegaconf.MISSING``) left out is one clear :class:`kldet
 """
 
 import dataclasses
+import sys
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from kldet.errors import KLDetConfigError
+from kldet.errors import KLDetConfigError, KLDetError
 
 Config = TypeVar("Config")
 
@@ -54,3 +55,28 @@ def parse_dotlist(
     except OmegaConfBaseException as error:
         message = str(error).splitlines()[0]
         raise KLDetConfigError(f"{prog}: {message} (see {prog} --help)") from None
+
+
+def run_dotlist_cli(
+    schema: type[Config],
+    argv: Sequence[str] | None,
+    prog: str,
+    doc: str | None,
+    action: Callable[[Config], str],
+) -> int:
+    """A whole ``key=value`` command: parse ``argv`` (default ``sys.argv[1:]``) into ``schema``, run
+    ``action`` on it and print the line it returns; a :class:`KLDetError` is printed as one line.
+
+    Returns:
+        the exit status: 0 (done, or help printed) or 1 (error).
+    """
+    try:
+        config = parse_dotlist(schema, sys.argv[1:] if argv is None else argv, prog, doc)
+        if config is None:
+            return 0
+        done = action(config)
+    except KLDetError as error:
+        print(f"{prog}: {error}", file=sys.stderr)
+        return 1
+    print(f"{prog}: {done}", file=sys.stderr)
+    return 0

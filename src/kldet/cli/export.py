@@ -19,9 +19,8 @@ from pathlib import Path
 from omegaconf import MISSING
 
 from kldet.checkpoint import load_detector
-from kldet.cli.dotlist import parse_dotlist
+from kldet.cli.dotlist import run_dotlist_cli
 from kldet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from kldet.errors import KLDetError
 from kldet.inference.export import export_model, output_names
 
 
@@ -79,16 +78,12 @@ def export(config: ExportConfig) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``kldet-export key=value ...``; exits 1 with the message on a :class:`KLDetError`."""
-    try:
-        config = parse_dotlist(ExportConfig, sys.argv[1:] if argv is None else argv, "kldet-export", __doc__)
-        if config is None:
-            return 0
+
+    def action(config: ExportConfig) -> str:
         path = export(config)
-    except KLDetError as error:
-        print(f"kldet-export: {error}", file=sys.stderr)
-        return 1
-    print(f"kldet-export: wrote {path} and {path.name}.json", file=sys.stderr)
-    return 0
+        return f"wrote {path} and {path.name}.json"
+
+    return run_dotlist_cli(ExportConfig, argv, "kldet-export", __doc__, action)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,8 @@ import torch
 from omegaconf import MISSING
 from tqdm import tqdm
 
-from kldet.cli.dotlist import parse_dotlist
-from kldet.errors import KLDetConfigError, KLDetError
+from kldet.cli.dotlist import run_dotlist_cli
+from kldet.errors import KLDetConfigError
 from kldet.inference.geo import detections_to_geojson
 from kldet.inference.predictor import Predictor
 from kldet.inference.render import draw_detections, save_image
@@ -155,18 +155,12 @@ def predict(config: PredictConfig) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``kldet-predict key=value ...``; exits 1 with the message on a :class:`KLDetError`."""
-    try:
-        config = parse_dotlist(
-            PredictConfig, sys.argv[1:] if argv is None else argv, "kldet-predict", __doc__
-        )
-        if config is None:
-            return 0
+
+    def action(config: PredictConfig) -> str:
         results = predict(config)
-    except KLDetError as error:
-        print(f"kldet-predict: {error}", file=sys.stderr)
-        return 1
-    print(f"kldet-predict: wrote {results} and {results.with_name('images.json')}", file=sys.stderr)
-    return 0
+        return f"wrote {results} and {results.with_name('images.json')}"
+
+    return run_dotlist_cli(PredictConfig, argv, "kldet-predict", __doc__, action)
 
 
 if __name__ == "__main__":

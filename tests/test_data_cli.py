@@ -74,12 +74,14 @@ def test_check_dior_and_coco(tmp_path, capsys):
             1,
             "/nowhere.json: annotation file not found",
         ),
-        (["synth", "num_images=3"], 2, "missing out="),
+        (["synth", "num_images=3"], 2, "missing required out="),
         (["synth", "out=/tmp/x", "num_images=many"], 2, "num_images"),
-        (["synth", "out"], 2, "not key=value"),
+        (["synth", "out"], 2, "expected key=value arguments"),
         (["convert"], 2, "unknown command 'convert'"),
         ([], 2, "kldet-data synth out=DIR"),
         (["--help"], 0, "kldet-data check format=dior root=DIR split=NAME"),
+        (["synth", "--help"], 0, "val_fraction"),
+        (["check", "-h"], 0, "decode every image"),
     ],
 )
 def test_bad_arguments_give_a_message_not_a_traceback(argv, status, words, capsys):

@@ -422,7 +422,7 @@ def test_cli_empty_results_score_zero(tmp_path):
         ("res_bad_box", [], "detection 2: 'bbox' must be four finite numbers"),
         ("ann_bad_image", [], "annotation 1: image id 31337 is not in 'images'"),
         (None, ["colour=red"], "Key 'colour' not in 'EvaluateConfig'"),
-        (None, ["metric"], "arguments are key=value"),
+        (None, ["metric"], "expected key=value arguments"),
         (None, ["metric=map"], "unknown metric 'map'"),
         (None, ["metric=voc"], "metric=voc needs root="),
     ],

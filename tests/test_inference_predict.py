@@ -190,6 +190,7 @@ def test_kldet_predict_bad_arguments_are_one_line_errors(args, message, capsys):
     assert predict_main(args) == 1
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+    assert err.startswith("kldet-predict: ") and err.count("kldet-predict:") == 1
 
 
 def test_kldet_predict_help(capsys):

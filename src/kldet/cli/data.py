@@ -12,14 +12,14 @@ import math
 import sys
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
-from omegaconf import MISSING, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import MISSING
 from rich.console import Console
 from rich.table import Table
 
+from kldet.cli.dotlist import parse_dotlist
 from kldet.data import find_aitod_split, read_aitod, read_coco, read_dior
 from kldet.data.records import PROBLEM_KINDS, DetectionSet
 from kldet.data.stats import SIZE_BIN_EDGES, SIZE_BINS, summarize
@@ -39,28 +39,32 @@ class DataFormat(Enum):
     coco = "coco"
 
 
+def _key(default, help: str):
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class SynthConfig:
-    """``kldet-data synth``: see :func:`kldet.data.synthetic.generate`."""
+    """``kldet-data synth``: write the synthetic AI-TOD-like set (see :func:`kldet.data.synthetic.generate`)."""
 
-    out: str = MISSING
-    num_images: int = 200
-    seed: int = 0
-    image_size: int = 512
-    format: SynthFormat = SynthFormat.aitod
-    val_fraction: float = 0.2
+    out: str = _key(MISSING, "output folder")
+    num_images: int = _key(200, "images in total (train + val)")
+    seed: int = _key(0, "image i is drawn from the random state [seed, i]")
+    image_size: int = _key(512, "side of the square images in pixels")
+    format: SynthFormat = _key(SynthFormat.aitod, "aitod (COCO JSON + PNG) or dior (VOC XML + JPEG)")
+    val_fraction: float = _key(0.2, "fraction of the images in the val split")
 
 
 @dataclass
 class CheckConfig:
     """``kldet-data check``: ``ann`` + ``images`` (aitod, coco) or ``root`` + ``split`` (aitod, dior)."""
 
-    format: DataFormat = DataFormat.aitod
-    ann: str | None = None
-    images: str | None = None
-    root: str | None = None
-    split: str | None = None
-    decode: bool = False
+    format: DataFormat = _key(DataFormat.aitod, "aitod, dior or coco")
+    ann: str | None = _key(None, "annotation file (aitod, coco)")
+    images: str | None = _key(None, "image folder (aitod, coco)")
+    root: str | None = _key(None, "data set root (aitod, dior)")
+    split: str | None = _key(None, "split name under root (aitod, dior)")
+    decode: bool = _key(False, "decode every image to find corrupt files (slower)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -74,11 +78,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command not in ("synth", "check"):
         console.print(f"kldet-data: unknown command {command!r}\n\n{USAGE}")
         return 2
+    schema = SynthConfig if command == "synth" else CheckConfig
     try:
-        config = _parse(SynthConfig if command == "synth" else CheckConfig, overrides)
-    except (OmegaConfBaseException, ValueError) as error:
-        console.print(f"kldet-data {command}: {_first_line(error)}\n\n{USAGE}")
+        config = parse_dotlist(schema, overrides, f"kldet-data {command}", schema.__doc__)
+    except KLDetConfigError as error:
+        console.print(f"kldet-data {command}: {error}\n\n{USAGE}")
         return 2
+    if config is None:
+        return 0
     try:
         return _synth(config, console) if command == "synth" else _check(config, console)
     except KLDetConfigError as error:
@@ -87,22 +94,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KLDetError as error:
         console.print(f"kldet-data {command}: {error}")
         return 1
-
-
-def _parse(schema: type, overrides: list[str]):
-    """``schema`` filled from ``key=value`` arguments; an unknown key, a bad value or a missing one raises."""
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"argument {item!r} is not key=value")
-    config = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.from_dotlist(overrides))
-    missing = sorted(OmegaConf.missing_keys(config))
-    if missing:
-        raise ValueError(f"missing {', '.join(k + '=' for k in missing)}")
-    return OmegaConf.to_object(config)
-
-
-def _first_line(error: Exception) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def _synth(config: SynthConfig, console: Console) -> int:

@@ -5,6 +5,7 @@ required key (default ``omegaconf.MISSING``) left out is one clear :class:`kldet
 """
 
 import dataclasses
+import enum
 import sys
 import typing
 from collections.abc import Callable, Sequence
@@ -24,7 +25,8 @@ def usage(schema: type, prog: str, doc: str | None) -> str:
     lines = [(doc or "").strip(), "", f"{prog} keys (key=value):"]
     for field in dataclasses.fields(schema):
         kind = getattr(hints[field.name], "__name__", None) or str(hints[field.name]).replace("typing.", "")
-        default = {MISSING: " (required)", None: ""}.get(field.default, f" (default {field.default!r})")
+        value = field.default.name if isinstance(field.default, enum.Enum) else field.default
+        default = {MISSING: " (required)", None: ""}.get(value, f" (default {value!r})")
         lines.append(f"  {field.name:<16} {kind:<14} {field.metadata.get('help', '')}{default}")
     return "\n".join(lines)
 
@@ -38,23 +40,24 @@ def parse_dotlist(
         the config, or None after printing the help when ``argv`` holds ``-h`` or ``--help``.
 
     Raises:
-        KLDetConfigError: an argument without ``=``, an unknown key, a bad value or a missing required key.
+        KLDetConfigError: an argument without ``=``, an unknown key, a bad value or a missing required key
+            (the message does not start with ``prog``: callers print it after their own prefix).
     """
     if any(arg in ("-h", "--help") for arg in argv):
         print(usage(schema, prog, doc))
         return None
     for arg in argv:
         if "=" not in arg:
-            raise KLDetConfigError(f"{prog}: expected key=value arguments, got {arg!r} (see {prog} --help)")
+            raise KLDetConfigError(f"expected key=value arguments, got {arg!r} (see {prog} --help)")
     try:
         config = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.from_dotlist(list(argv)))
         missing = sorted(OmegaConf.missing_keys(config))
         if missing:
-            raise KLDetConfigError(f"{prog}: missing required " + " ".join(f"{key}=..." for key in missing))
+            raise KLDetConfigError("missing required " + " ".join(f"{key}=..." for key in missing))
         return OmegaConf.to_object(config)
     except OmegaConfBaseException as error:
         message = str(error).splitlines()[0]
-        raise KLDetConfigError(f"{prog}: {message} (see {prog} --help)") from None
+        raise KLDetConfigError(f"{message} (see {prog} --help)") from None
 
 
 def run_dotlist_cli(

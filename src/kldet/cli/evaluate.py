@@ -24,9 +24,10 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
+from kldet.cli.dotlist import parse_dotlist
 from kldet.errors import KLDetConfigError, KLDetError
 from kldet.evaluation import evaluate_results_file, format_table
 
@@ -50,19 +51,6 @@ class EvaluateConfig:
     root: str | None = None
     split: str | None = None
     out: str | None = None
-
-
-def parse_args(argv: list[str]) -> EvaluateConfig:
-    """``key=value`` arguments into an :class:`EvaluateConfig`; anything else is a ``KLDetConfigError``."""
-    bare = [arg for arg in argv if "=" not in arg]
-    if bare:
-        raise KLDetConfigError(f"arguments are key=value; got {' '.join(bare)!r}")
-    try:
-        config = OmegaConf.merge(OmegaConf.structured(EvaluateConfig), OmegaConf.from_dotlist(argv))
-    except OmegaConfBaseException as e:
-        known = ", ".join(EvaluateConfig.__dataclass_fields__)
-        raise KLDetConfigError(f"{str(e).splitlines()[0]} (known keys: {known})") from None
-    return OmegaConf.to_object(config)
 
 
 def run(config: EvaluateConfig) -> dict[str, float]:
@@ -136,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         if any(arg.startswith("ckpt=") for arg in argv):
             evaluate_checkpoint(checkpoint_config(argv))
             return 0
-        run(parse_args(argv))
+        run(parse_dotlist(EvaluateConfig, argv, "kldet-eval"))
     except (KLDetError, OSError) as e:  # OSError: the output cannot be written
         print(f"kldet-eval: error: {e}", file=sys.stderr)
         return 1

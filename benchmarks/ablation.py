@@ -172,7 +172,11 @@ def main() -> None:
             setattr(args, key, value)
 
     start = time.perf_counter()
-    results = {config: [train_once(args, config, seed) for seed in args.seeds] for config in args.configs}
+    # Seed-major order, so that an interrupted ablation already holds every configuration at the first seeds.
+    runs_by_seed = [
+        {config: train_once(args, config, seed) for config in args.configs} for seed in args.seeds
+    ]
+    results = {config: [runs[config] for runs in runs_by_seed] for config in args.configs}
     table = format_table(results, args.seeds)
     print(table)
     print(f"({(time.perf_counter() - start) / 60:.1f} min)")

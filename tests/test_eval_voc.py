@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 from kldet.cli.evaluate import main as kldet_eval
-from kldet.evaluation import DetectionMetric, EvaluationSet, evaluate_voc
+from kldet.errors import KLDetDataError
+from kldet.evaluation import DetectionMetric, EvaluationSet, evaluate_results_file, evaluate_voc
 
 CLASSES = ["car", "ship", "plane"]
 
@@ -234,3 +235,40 @@ def test_cli_voc_on_a_dior_split(tmp_path, capsys):
     assert metrics["AP_ship"] == 1.0 and metrics["AP_airplane"] == -1.0
     assert metrics["mAP"] == pytest.approx((5 / 6 + 1) / 2)
     assert "| vehicle" in capsys.readouterr().out
+
+
+def test_cli_voc_matches_results_by_file_name(tmp_path):
+    """kldet-predict numbers the images it was given (1, 2, ...) and writes each one's file_name; the
+    VOC evaluation must match by file name, not by those ids."""
+    root = tmp_path / "DIOR"
+    _write_dior(
+        root,
+        {
+            "11726": [("vehicle", (2, 2, 12, 12), 0)],
+            "11727": [("ship", (20, 20, 50, 40), 0)],
+        },
+    )
+    results = [
+        # Right boxes for the image each file name names: AP 1 for both classes, whatever the ids say.
+        {"image_id": 1, "file_name": "11727.jpg", "category_id": 14, "bbox": [20, 20, 30, 20], "score": 0.9},
+        {
+            "image_id": 2,
+            "file_name": "sub/11726.jpg",
+            "category_id": 19,
+            "bbox": [2, 2, 10, 10],
+            "score": 0.8,
+        },
+    ]
+    (tmp_path / "res.json").write_text(json.dumps(results))
+    out = tmp_path / "m.json"
+    argv = [f"results={tmp_path / 'res.json'}", "metric=voc", f"root={root}", "split=test", f"out={out}"]
+    assert kldet_eval(argv) == 0
+    metrics = json.loads(out.read_text())
+    assert metrics["AP_vehicle"] == 1.0 and metrics["AP_ship"] == 1.0
+
+    results[1]["file_name"] = "00001.jpg"
+    (tmp_path / "res.json").write_text(json.dumps(results))
+    with pytest.raises(
+        KLDetDataError, match=r"detection 1 is on image '00001.jpg', which is not in the split"
+    ):
+        evaluate_results_file(tmp_path / "res.json", metric="voc", root=root, split="test")

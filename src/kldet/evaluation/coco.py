@@ -85,12 +85,15 @@ class CocoDetections(NamedTuple):
         category_ids: (N,) int64, the data set's own category ids.
         boxes: (N, 4) float64 ``xywh`` in pixels.
         scores: (N,) float64.
+        file_names: N image file names, where every detection names its image (kldet-predict writes
+            ``file_name``); else None.
     """
 
     image_ids: np.ndarray
     category_ids: np.ndarray
     boxes: np.ndarray
     scores: np.ndarray
+    file_names: list[str] | None = None
 
 
 @contextlib.contextmanager

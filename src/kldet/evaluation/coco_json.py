@@ -22,7 +22,8 @@ def load_json(path: str | Path, what: str):
 
 
 def read_coco_results(path: str | Path) -> CocoDetections:
-    """A COCO results file: a list of ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}``."""
+    """A COCO results file: a list of ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}``, each
+    optionally with the ``file_name`` of its image."""
     records = load_json(path, "results")
     if not isinstance(records, list):
         raise KLDetDataError(
@@ -44,8 +45,11 @@ def read_coco_results(path: str | Path) -> CocoDetections:
             ((i, p) for i, r in enumerate(records) if (p := _result_problem(r))), (0, "unreadable detections")
         )
         raise KLDetDataError(f"results file {path}, detection {index}: {problem}: {_short(records[index])}")
+    file_names = [r.get("file_name") for r in records]
     return detections._replace(
-        image_ids=detections.image_ids.astype(np.int64), category_ids=detections.category_ids.astype(np.int64)
+        image_ids=detections.image_ids.astype(np.int64),
+        category_ids=detections.category_ids.astype(np.int64),
+        file_names=file_names if all(isinstance(name, str) for name in file_names) else None,
     )
 
 

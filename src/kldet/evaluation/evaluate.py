@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torchvision.ops import box_convert
 
-from kldet.errors import KLDetConfigError
+from kldet.errors import KLDetConfigError, KLDetDataError
 from kldet.evaluation.coco import PROTOCOLS, CocoDetections, check_detection_ids, coco_inputs, evaluate_coco
 from kldet.evaluation.coco_json import read_coco_ground_truth, read_coco_results
 from kldet.evaluation.inputs import EvaluationSet
 from kldet.evaluation.voc import evaluate_voc
+
+if TYPE_CHECKING:
+    from kldet.data.records import Record
 
 METRIC_KINDS = ("aitod", "coco", "voc")
 
@@ -39,7 +44,8 @@ def evaluate_results_file(
         ann: COCO annotation JSON, for ``metric`` "aitod" or "coco".
         metric: "aitod", "coco" or "voc".
         root, split: a DIOR (Pascal VOC layout) data set and split, for ``metric="voc"``; results use its
-            image ids and category ids as :func:`kldet.data.read_dior` gives them.
+            category ids as :func:`kldet.data.read_dior` gives them, and name their image by
+            ``file_name`` (as kldet-predict writes it; matched by base name) or else by its image id.
 
     Returns:
         The metrics (keys as :func:`evaluate_detections`) and the class names in label order.
@@ -69,6 +75,8 @@ def _voc_inputs(
     dataset = read_dior(root, split)
     records = dataset.records
     record_ids = [r.image_id for r in records]
+    if detections.file_names is not None:
+        detections = _ids_from_file_names(detections, records, f"{source}, split {split} of {root}")
     check_detection_ids(detections, record_ids, dataset.category_ids, source)
     label_of = {category_id: label for label, category_id in enumerate(dataset.category_ids)}
     position_of = {image_id: i for i, image_id in enumerate(record_ids)}
@@ -86,6 +94,19 @@ def _voc_inputs(
         {"boxes": r.boxes, "labels": r.labels, "ignored": r.ignored, "image_id": r.image_id} for r in records
     ]
     return EvaluationSet.from_lists(preds, targets, len(dataset.classes)), list(dataset.classes)
+
+
+def _ids_from_file_names(detections: CocoDetections, records: list[Record], source: str) -> CocoDetections:
+    """``detections`` with the image id of the record whose image has each detection's file (base) name."""
+    id_of = {Path(r.image_path).name: r.image_id for r in records}
+    image_ids = []
+    for index, name in enumerate(detections.file_names):
+        if Path(name).name not in id_of:
+            raise KLDetDataError(
+                f"{source}: detection {index} is on image {name!r}, which is not in the split"
+            )
+        image_ids.append(id_of[Path(name).name])
+    return detections._replace(image_ids=np.array(image_ids, dtype=np.int64).reshape(-1))
 
 
 def _check_kind(kind: str) -> None:

@@ -175,6 +175,25 @@ def test_workers_flip_independently(tmp_path):
     assert 0 < sum(flipped) < 32
 
 
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_flips_follow_the_torch_seed(tmp_path, num_workers):
+    """albumentations ignores global seeds; the data set seeds it from torch, so a run's seed fixes its
+    augmentation, in the main process and in workers."""
+    path = tmp_path / "one.png"
+    cv2.imwrite(str(path), np.zeros((16, 16, 3), np.uint8))
+    record = Record(path, 16, 16, np.array([[0, 0, 4, 4]]), [0], image_id=1)
+
+    def flips(seed: int) -> list[bool]:
+        torch.manual_seed(seed)
+        dataset = DetectionDataset([record] * 24, DetectionTransform(max_size=None, hflip=0.5))
+        loader = DataLoader(dataset, batch_size=1, num_workers=num_workers, collate_fn=collate)
+        return [bool(targets[0]["boxes"][0, 0] > 0) for _, targets in loader]
+
+    first = flips(0)
+    assert flips(0) == first
+    assert flips(1) != first and 0 < sum(first) < 24
+
+
 # --- the DataModule -------------------------------------------------------------------------------------
 
 

@@ -51,13 +51,13 @@ class DetectionDataset(Dataset):
     def __init__(self, records: Sequence[Record], transform: DetectionTransform | None = None):
         self.records = list(records)
         self.transform = transform if transform is not None else DetectionTransform()
-        self._worker_seed: int | None = None
+        self._augmentation_seed: int | None = None
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, index: int) -> tuple[Tensor, dict]:
-        self._enter_worker()
+        self._seed_augmentation()
         record = self.records[index]
         image = load_image(record.image_path)
         if image.shape[:2] != (record.height, record.width):
@@ -80,17 +80,20 @@ class DetectionDataset(Dataset):
         }
         return tensor, target
 
-    def _enter_worker(self) -> None:
-        """In a new DataLoader worker, reseed the augmentation from the worker's seed.
+    def _seed_augmentation(self) -> None:
+        """Seeds the augmentation from torch's random state: a DataLoader worker's own seed, or in the
+        main process torch's initial seed (what ``seed_everything`` / ``torch.manual_seed`` set).
 
-        Without this every worker forks the same random state and flips the same way. (OpenCV's
-        thread count is left alone: cv2.setNumThreads in a forked worker deadlocks once the parent
-        has used OpenCV's thread pool.)
+        albumentations keeps a random state of its own that global seeds do not touch, so without this a
+        run's flips differ from run to run whatever its seed, and every forked worker would flip the same
+        way. (OpenCV's thread count is left alone: cv2.setNumThreads in a forked worker deadlocks once
+        the parent has used OpenCV's thread pool.)
         """
         info = get_worker_info()
-        if info is not None and info.seed != self._worker_seed:
-            self._worker_seed = info.seed
-            self.transform.reseed(info.seed % 2**32)
+        seed = info.seed if info is not None else torch.initial_seed()
+        if seed != self._augmentation_seed:
+            self._augmentation_seed = seed
+            self.transform.reseed(seed % 2**32)
 
 
 def collate(batch: Sequence[tuple[Tensor, dict]], size_divisor: int = 32) -> tuple[Tensor, list[dict]]:

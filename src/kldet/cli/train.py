@@ -32,7 +32,11 @@ from kldet.errors import KLDetConfigError, KLDetError
 from kldet.evaluation import format_table
 from kldet.lit import KLDetModule
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[3] / "conf")
+# A wheel carries the Hydra configs as kldet/conf; an editable install (make install) reads <repo>/conf.
+_PACKAGED_CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONFIG_DIR = str(
+    _PACKAGED_CONFIG_DIR if _PACKAGED_CONFIG_DIR.is_dir() else Path(__file__).resolve().parents[3] / "conf"
+)
 
 log = logging.getLogger(__name__)
 

@@ -12,14 +12,14 @@ import math
 import sys
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 
 from omegaconf import MISSING
 from rich.console import Console
 from rich.table import Table
 
-from kldet.cli.dotlist import parse_dotlist
+from kldet.cli.dotlist import option, parse_dotlist
 from kldet.data import find_aitod_split, read_aitod, read_coco, read_dior
 from kldet.data.records import PROBLEM_KINDS, DetectionSet
 from kldet.data.stats import SIZE_BIN_EDGES, SIZE_BINS, summarize
@@ -39,32 +39,28 @@ class DataFormat(Enum):
     coco = "coco"
 
 
-def _key(default, help: str):
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass
 class SynthConfig:
     """``kldet-data synth``: write the synthetic AI-TOD-like set (see :func:`kldet.data.synthetic.generate`)."""
 
-    out: str = _key(MISSING, "output folder")
-    num_images: int = _key(200, "images in total (train + val)")
-    seed: int = _key(0, "image i is drawn from the random state [seed, i]")
-    image_size: int = _key(512, "side of the square images in pixels")
-    format: SynthFormat = _key(SynthFormat.aitod, "aitod (COCO JSON + PNG) or dior (VOC XML + JPEG)")
-    val_fraction: float = _key(0.2, "fraction of the images in the val split")
+    out: str = option(MISSING, "output folder")
+    num_images: int = option(200, "images in total (train + val)")
+    seed: int = option(0, "image i is drawn from the random state [seed, i]")
+    image_size: int = option(512, "side of the square images in pixels")
+    format: SynthFormat = option(SynthFormat.aitod, "aitod (COCO JSON + PNG) or dior (VOC XML + JPEG)")
+    val_fraction: float = option(0.2, "fraction of the images in the val split")
 
 
 @dataclass
 class CheckConfig:
     """``kldet-data check``: ``ann`` + ``images`` (aitod, coco) or ``root`` + ``split`` (aitod, dior)."""
 
-    format: DataFormat = _key(DataFormat.aitod, "aitod, dior or coco")
-    ann: str | None = _key(None, "annotation file (aitod, coco)")
-    images: str | None = _key(None, "image folder (aitod, coco)")
-    root: str | None = _key(None, "data set root (aitod, dior)")
-    split: str | None = _key(None, "split name under root (aitod, dior)")
-    decode: bool = _key(False, "decode every image to find corrupt files (slower)")
+    format: DataFormat = option(DataFormat.aitod, "aitod, dior or coco")
+    ann: str | None = option(None, "annotation file (aitod, coco)")
+    images: str | None = option(None, "image folder (aitod, coco)")
+    root: str | None = option(None, "data set root (aitod, dior)")
+    split: str | None = option(None, "split name under root (aitod, dior)")
+    decode: bool = option(False, "decode every image to find corrupt files (slower)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

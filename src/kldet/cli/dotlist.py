@@ -19,6 +19,11 @@ from kldet.errors import KLDetConfigError, KLDetError
 Config = TypeVar("Config")
 
 
+def option(default: typing.Any, help: str) -> typing.Any:
+    """A dataclass field with its ``help`` text, which :func:`usage` prints."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
 def usage(schema: type, prog: str, doc: str | None) -> str:
     """Help text: the CLI's docstring, then every key with its type, default and ``help`` metadata."""
     hints = typing.get_type_hints(schema)

@@ -19,7 +19,7 @@ from pathlib import Path
 from omegaconf import MISSING
 
 from kldet.checkpoint import load_detector
-from kldet.cli.dotlist import run_dotlist_cli
+from kldet.cli.dotlist import option, run_dotlist_cli
 from kldet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from kldet.inference.export import export_model, output_names
 
@@ -34,17 +34,11 @@ class ExportFormat(str, enum.Enum):
 class ExportConfig:
     """Settings of kldet-export (every key can be given as key=value)."""
 
-    ckpt: str = dataclasses.field(default=MISSING, metadata={"help": "checkpoint file (.ckpt)"})
-    format: ExportFormat = dataclasses.field(
-        default=MISSING, metadata={"help": "torchscript, onnx or pt2 (torch.export)"}
-    )
-    out: str = dataclasses.field(default=MISSING, metadata={"help": "file to write"})
-    image_size: int = dataclasses.field(
-        default=800, metadata={"help": "example input side: multiple of 32, >= 96; other such sizes run too"}
-    )
-    opset: int | None = dataclasses.field(
-        default=None, metadata={"help": "ONNX opset (default: the exporter's)"}
-    )
+    ckpt: str = option(MISSING, "checkpoint file (.ckpt)")
+    format: ExportFormat = option(MISSING, "torchscript, onnx or pt2 (torch.export)")
+    out: str = option(MISSING, "file to write")
+    image_size: int = option(800, "example input side: multiple of 32, >= 96; other such sizes run too")
+    opset: int | None = option(None, "ONNX opset (default: the exporter's)")
 
 
 def export(config: ExportConfig) -> Path:

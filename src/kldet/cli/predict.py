@@ -20,7 +20,7 @@ import torch
 from omegaconf import MISSING
 from tqdm import tqdm
 
-from kldet.cli.dotlist import run_dotlist_cli
+from kldet.cli.dotlist import option, run_dotlist_cli
 from kldet.errors import KLDetConfigError
 from kldet.inference.geo import detections_to_geojson
 from kldet.inference.predictor import Predictor
@@ -35,37 +35,24 @@ from kldet.inference.tiling import overlap_pixels
 class PredictConfig:
     """Settings of kldet-predict (every key can be given as key=value)."""
 
-    ckpt: str = dataclasses.field(default=MISSING, metadata={"help": "checkpoint file (.ckpt)"})
-    input: str = dataclasses.field(default=MISSING, metadata={"help": "image, folder or glob"})
-    output: str = dataclasses.field(default=MISSING, metadata={"help": "output folder"})
-    device: str = dataclasses.field(default="cpu", metadata={"help": "cpu, cuda or cuda:N"})
-    batch_size: int = dataclasses.field(default=4, metadata={"help": "tiles per forward pass"})
-    tile_size: int = dataclasses.field(default=800, metadata={"help": "tile side in pixels"})
-    overlap: float = dataclasses.field(default=0.2, metadata={"help": "tile overlap, fraction of tile_size"})
-    score_thresh: float | None = dataclasses.field(
-        default=None, metadata={"help": "minimum score (default: the checkpoint's)"}
+    ckpt: str = option(MISSING, "checkpoint file (.ckpt)")
+    input: str = option(MISSING, "image, folder or glob")
+    output: str = option(MISSING, "output folder")
+    device: str = option("cpu", "cpu, cuda or cuda:N")
+    batch_size: int = option(4, "tiles per forward pass")
+    tile_size: int = option(800, "tile side in pixels")
+    overlap: float = option(0.2, "tile overlap, fraction of tile_size")
+    score_thresh: float | None = option(None, "minimum score (default: the checkpoint's)")
+    nms_thresh: float | None = option(
+        None, "class-wise NMS IoU within and across tiles (default: the checkpoint's)"
     )
-    nms_thresh: float | None = dataclasses.field(
-        default=None,
-        metadata={"help": "class-wise NMS IoU within and across tiles (default: the checkpoint's)"},
-    )
-    max_detections: int | None = dataclasses.field(
-        default=None, metadata={"help": "keep at most this many boxes per image (default: all)"}
-    )
-    coco_gt: str | None = dataclasses.field(
-        default=None, metadata={"help": "COCO annotation file whose image ids the results should use"}
-    )
-    render: bool = dataclasses.field(
-        default=True, metadata={"help": "write images with boxes to output/rendered"}
-    )
-    render_labels: bool = dataclasses.field(
-        default=True, metadata={"help": "write class and score by each box"}
-    )
-    box_width: int = dataclasses.field(default=1, metadata={"help": "rendered box outline in pixels"})
-    geojson: bool = dataclasses.field(
-        default=True, metadata={"help": "write GeoJSON for georeferenced GeoTIFFs"}
-    )
-    progress: bool = dataclasses.field(default=True, metadata={"help": "show a progress bar"})
+    max_detections: int | None = option(None, "keep at most this many boxes per image (default: all)")
+    coco_gt: str | None = option(None, "COCO annotation file whose image ids the results should use")
+    render: bool = option(True, "write images with boxes to output/rendered")
+    render_labels: bool = option(True, "write class and score by each box")
+    box_width: int = option(1, "rendered box outline in pixels")
+    geojson: bool = option(True, "write GeoJSON for georeferenced GeoTIFFs")
+    progress: bool = option(True, "show a progress bar")
 
 
 def _image_id(file_name: str, index: int, gt_ids: dict[str, int] | None, coco_gt: str | None) -> int:

@@ -107,7 +107,10 @@ def test_resize_scales_boxes_and_reports_the_scale(busiest):
     # the record's own annotations stay in original pixels, for evaluation
     np.testing.assert_array_equal(target["gt_boxes"].numpy(), busiest.boxes)
     assert target["gt_labels"].tolist() == busiest.labels.tolist()
-    assert target["gt_ignored"].shape == (0, 4)
+    assert target["gt_ignore"].tolist() == [False] * len(busiest.boxes)
+    np.testing.assert_allclose(
+        target["gt_areas"].numpy(), np.prod(busiest.boxes[:, 2:] - busiest.boxes[:, :2], 1)
+    )
     assert target["image_id"] == busiest.image_id and target["file_name"] == busiest.image_path.name
 
 

@@ -72,7 +72,11 @@ def test_aitod_reader_converts_boxes_labels_and_crowds(coco_root):
     assert a.labels.tolist() == [AITOD_CLASSES.index("vehicle"), AITOD_CLASSES.index("airplane")]
     assert a.boxes.dtype == np.float32 and a.labels.dtype == np.int64
     assert b.boxes.shape == (0, 4) and b.labels.shape == (0,)
-    np.testing.assert_array_equal(b.ignored, [[0, 0, 8, 8]])
+    # the crowd box is no training target, but evaluation's ground truth (ignored within its class)
+    np.testing.assert_array_equal(b.gt_boxes, [[0, 0, 8, 8]])
+    assert b.gt_labels.tolist() == [AITOD_CLASSES.index("ship")] and b.gt_ignore.tolist() == [True]
+    np.testing.assert_array_equal(a.gt_boxes, a.boxes)
+    assert a.gt_ignore.tolist() == [False, False] and a.gt_areas.tolist() == [12, 200]
     assert dataset.problems == [] and dataset.clipped_boxes == 0
 
 
@@ -340,15 +344,29 @@ def test_dior_reader_on_a_real_style_xml(dior_root):
     record = dataset.records[0]
     assert (record.image_id, record.width, record.height) == (12, W, H)
     assert record.image_path == dior_root / "JPEGImages" / "00012.jpg"
-    # the vehicle reaches past the right edge: clipped
-    np.testing.assert_array_equal(record.boxes, [[3, 4, 20, 30], [50, 40, 64, 46]])
-    assert record.labels.tolist() == [
-        DIOR_CLASSES.index("Expressway-Service-area"),
-        DIOR_CLASSES.index("vehicle"),
-    ]
-    # difficult, and narrower than half a pixel: ignored
-    np.testing.assert_allclose(record.ignored, [[30, 10, 40, 20], [10, 10, 10.3, 25]], rtol=1e-6)
+    # As the authors read DIOR: every coordinate less 1; the difficult toll station is an object; the
+    # vehicle reaches past the right edge: its training target is clipped, its ground truth is not.
+    np.testing.assert_array_equal(record.boxes, [[2, 3, 19, 29], [29, 9, 39, 19], [49, 39, 64, 45]])
+    esa, ets, vehicle, windmill = (
+        DIOR_CLASSES.index(name)
+        for name in ("Expressway-Service-area", "Expressway-toll-station", "vehicle", "windmill")
+    )
+    assert record.labels.tolist() == [esa, ets, vehicle]
+    # the windmill, narrower than half a pixel: an ignored box, in evaluation only
+    np.testing.assert_allclose(
+        record.gt_boxes, [[2, 3, 19, 29], [29, 9, 39, 19], [49, 39, 69.5, 45], [9, 9, 9.3, 24]], rtol=1e-12
+    )
+    assert record.gt_labels.tolist() == [esa, ets, vehicle, windmill]
+    assert record.gt_ignore.tolist() == [False, False, False, True]
     assert dataset.clipped_boxes == 2 and dataset.problems == []
+
+
+def test_dior_reader_can_ignore_difficult_objects(dior_root):
+    record = read_dior(dior_root, "trainval", difficult="ignore").records[0]
+    np.testing.assert_array_equal(record.boxes, [[2, 3, 19, 29], [49, 39, 64, 45]])
+    assert record.gt_ignore.tolist() == [False, True, False, True]
+    with pytest.raises(KLDetConfigError, match="difficult='hard': choose one of object, ignore"):
+        read_dior(dior_root, "trainval", difficult="hard")
 
 
 def test_dior_reader_accepts_the_download_folder_names(dior_root):
@@ -358,7 +376,7 @@ def test_dior_reader_accepts_the_download_folder_names(dior_root):
     (dior_root / "Horizontal Bounding Boxes").rename(dior_root / "Annotations" / "Horizontal Bounding Boxes")
     dataset = read_dior(dior_root, "trainval")
     assert dataset.records[1].image_path == dior_root / "JPEGImages-trainval" / "00013.jpg"
-    assert len(dataset.records[1].boxes) == 2
+    assert len(dataset.records[1].boxes) == 3
 
 
 def _dior_unknown_class(root):
@@ -412,22 +430,22 @@ DIOR_CASES = [
         "unknown_class",
         ["00013.xml", "image 00013 (line 2), object 2", "'spaceship'"],
         2,
-        3,
+        5,
     ),
-    (_dior_bad_xml, "unreadable_annotation", ["00013.xml", "image 00013 (line 2)", "not readable XML"], 1, 2),
-    (_dior_missing_xml, "missing_annotation", ["trainval.txt", "image 00013", "00013.xml not found"], 1, 2),
-    (_dior_missing_image, "missing_image", ["00013.xml", "image 00013", "00013.jpg not found"], 1, 2),
-    (_dior_duplicate, "duplicate_id", ["trainval.txt", "image 00013 (line 3)", "listed twice"], 2, 4),
+    (_dior_bad_xml, "unreadable_annotation", ["00013.xml", "image 00013 (line 2)", "not readable XML"], 1, 3),
+    (_dior_missing_xml, "missing_annotation", ["trainval.txt", "image 00013", "00013.xml not found"], 1, 3),
+    (_dior_missing_image, "missing_image", ["00013.xml", "image 00013", "00013.jpg not found"], 1, 3),
+    (_dior_duplicate, "duplicate_id", ["trainval.txt", "image 00013 (line 3)", "listed twice"], 2, 6),
     (
         _dior_negative,
         "invalid_box",
         ["image 00013 (line 2), object 0", "bndbox [3, 4, 2, 30] has negative width"],
         2,
-        3,
+        5,
     ),
-    (_dior_outside, "box_outside_image", ["object 0", "lies outside the 64x48 image"], 2, 3),
-    (_dior_malformed, "malformed_annotation", ["object 0", "numeric xmin"], 2, 3),
-    (_dior_size_mismatch, "size_mismatch", ["annotated size 800x48"], 1, 2),
+    (_dior_outside, "box_outside_image", ["object 0", "lies outside the 64x48 image"], 2, 5),
+    (_dior_malformed, "malformed_annotation", ["object 0", "numeric xmin"], 2, 5),
+    (_dior_size_mismatch, "size_mismatch", ["annotated size 800x48"], 1, 3),
 ]
 
 

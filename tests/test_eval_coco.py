@@ -33,7 +33,7 @@ PROTOCOL_OF = {"aitod": AITOD_PROTOCOL, "coco": COCO_PROTOCOL}
 
 
 def random_images(seed: int, num_images: int = 24, crowded_image: bool = True) -> list[dict]:
-    """Images with objects of every AI-TOD and COCO size bin, noisy detections, ignored regions.
+    """Images with objects of every AI-TOD and COCO size bin, noisy detections, crowd boxes.
 
     Coordinates sit on a 1/8 pixel grid so that float32 xyxy and float64 xywh describe the same boxes.
     Image 0 holds 150 objects and 450 detections of one class, beyond the 100 / 300 caps.
@@ -68,6 +68,7 @@ def random_images(seed: int, num_images: int = 24, crowded_image: bool = True) -
                 "gt_boxes": _snap(gt_boxes),
                 "gt_labels": gt_labels,
                 "ignored": _snap(ignored),
+                "ignored_labels": rng.integers(0, len(CLASSES), num_ignored),
                 "boxes": _snap(boxes),
                 "labels": np.concatenate([labels, rng.integers(0, len(CLASSES), num_background)]),
                 "scores": rng.uniform(0.01, 1, len(boxes)).astype(np.float32),
@@ -81,11 +82,13 @@ def _snap(boxes: np.ndarray) -> np.ndarray:
 
 
 def coco_ground_truth(images: list[dict]) -> dict:
-    """COCO dict: category id = label + 1, area = w * h, each ignored region a crowd box of every class."""
+    """COCO dict: category id = label + 1, area = w * h, each ignored box a crowd box of its class."""
     annotations = []
     for image in images:
         rows = [(box, label + 1, 0) for box, label in zip(image["gt_boxes"], image["gt_labels"], strict=True)]
-        rows += [(box, c + 1, 1) for box in image["ignored"] for c in range(len(CLASSES))]
+        rows += [
+            (box, label + 1, 1) for box, label in zip(image["ignored"], image["ignored_labels"], strict=True)
+        ]
         for box, category_id, crowd in rows:
             x1, y1, x2, y2 = (float(v) for v in box)
             annotations.append(
@@ -154,9 +157,9 @@ def metric_inputs(images: list[dict]) -> tuple[list[dict], list[dict]]:
     ]
     targets = [
         {
-            "boxes": torch.from_numpy(im["gt_boxes"]),
-            "labels": torch.from_numpy(im["gt_labels"]),
-            "ignored": torch.from_numpy(im["ignored"]),
+            "boxes": torch.from_numpy(np.concatenate([im["gt_boxes"], im["ignored"]])),
+            "labels": torch.from_numpy(np.concatenate([im["gt_labels"], im["ignored_labels"]])),
+            "ignore": torch.arange(len(im["gt_boxes"]) + len(im["ignored"])) >= len(im["gt_boxes"]),
             "image_id": im["image_id"],
         }
         for im in images
@@ -316,23 +319,33 @@ def test_metric_without_images_is_undefined_not_an_error():
     assert set(got.values()) == {-1.0}
 
 
-def test_metric_ignores_detections_on_ignored_regions():
+def test_metric_ignores_detections_on_crowd_boxes_of_their_class():
     images = random_images(7, crowded_image=False)
     preds, targets = metric_inputs(images)
     with_region = [i for i, im in enumerate(images) if len(im["ignored"])][0]
     metric = DetectionMetric("aitod", CLASSES)
     metric.update(preds, targets)
     before = metric.compute()
-    region = targets[with_region]["ignored"]
+    region = torch.from_numpy(images[with_region]["ignored"])
+    label = int(images[with_region]["ignored_labels"][0])
     pred = preds[with_region]
-    preds[with_region] = {
-        "boxes": torch.cat([pred["boxes"], region.repeat(3, 1)]),
-        "scores": torch.cat([pred["scores"], torch.ones(3)]),
-        "labels": torch.cat([pred["labels"], torch.tensor([0, 1, 2])]),
-    }
-    metric.reset()
-    metric.update(preds, targets)
-    assert metric.compute() == before
+
+    def with_detections_on_region(labels):
+        changed = list(preds)
+        changed[with_region] = {
+            "boxes": torch.cat([pred["boxes"], region.repeat(len(labels), 1)]),
+            "scores": torch.cat([pred["scores"], torch.ones(len(labels))]),
+            "labels": torch.cat([pred["labels"], torch.tensor(labels)]),
+        }
+        metric.reset()
+        metric.update(changed, targets)
+        return metric.compute()
+
+    # A crowd box absorbs any number of detections of its class ...
+    assert with_detections_on_region([label] * 3) == before
+    # ... and none of another class: those are false positives at the top of the ranking.
+    other = (label + 1) % len(CLASSES)
+    assert with_detections_on_region([other])[f"AP_{CLASSES[other]}"] < before[f"AP_{CLASSES[other]}"]
 
 
 def test_metric_merged_halves_equal_one_metric():

@@ -14,16 +14,17 @@ from kldet.evaluation import DetectionMetric, EvaluationSet, evaluate_results_fi
 CLASSES = ["car", "ship", "plane"]
 
 
-def _image(boxes, labels, scores, gt_boxes, gt_labels, ignored=(), image_id=None):
+def _image(boxes, labels, scores, gt_boxes, gt_labels, ignored=(), ignored_labels=(), image_id=None):
     pred = {
         "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
         "labels": torch.tensor(labels, dtype=torch.long),
         "scores": torch.tensor(scores, dtype=torch.float32),
     }
+    gt_boxes, ignored = np.reshape(gt_boxes, (-1, 4)), np.reshape(ignored, (-1, 4))
     target = {
-        "boxes": torch.tensor(gt_boxes, dtype=torch.float32).reshape(-1, 4),
-        "labels": torch.tensor(gt_labels, dtype=torch.long),
-        "ignored": torch.tensor(ignored, dtype=torch.float32).reshape(-1, 4),
+        "boxes": torch.tensor(np.concatenate([gt_boxes, ignored]), dtype=torch.float64),
+        "labels": torch.tensor(np.concatenate([gt_labels, ignored_labels]), dtype=torch.long),
+        "ignore": torch.arange(len(gt_boxes) + len(ignored)) >= len(gt_boxes),
     }
     if image_id is not None:
         target["image_id"] = image_id
@@ -32,7 +33,7 @@ def _image(boxes, labels, scores, gt_boxes, gt_labels, ignored=(), image_id=None
 
 def hand_case():
     # Image 1: cars A [0,0,10,10] and B [20,20,30,30]. Image 2: car C [0,0,10,10], ship D [40,0,50,10],
-    # an ignored region [50,50,60,60]. Image 3: nothing.
+    # an ignored car [50,50,60,60]. Image 3: nothing.
     image1 = _image(
         boxes=[[0, 0, 10, 10], [0, 0, 10, 10], [20, 20, 30, 30], [0, 0, 10, 10]],
         labels=[0, 0, 0, 1],
@@ -47,6 +48,7 @@ def hand_case():
         gt_boxes=[[0, 0, 10, 10], [40, 0, 50, 10]],
         gt_labels=[0, 1],
         ignored=[[50, 50, 60, 60]],
+        ignored_labels=[0],
     )
     image3 = _image(boxes=[[300, 300, 310, 310]], labels=[2], scores=[0.4], gt_boxes=[], gt_labels=[])
     preds, targets = zip(image1, image2, image3, strict=True)
@@ -55,8 +57,8 @@ def hand_case():
 
 def test_hand_computed_case():
     got = evaluate_voc(EvaluationSet.from_lists(*hand_case(), num_classes=3), CLASSES)
-    # car, by score: d1 TP (A), d2 FP (A taken), d3 ignored (its best overlap is the region: neither TP
-    # nor FP), d4 FP, d4b FP, d5 TP (B). Positives: A, B, C = 3 (the region does not count).
+    # car, by score: d1 TP (A), d2 FP (A taken), d3 ignored (its best overlap is the ignored car: neither
+    # TP nor FP), d4 FP, d4b FP, d5 TP (B). Positives: A, B, C = 3 (the ignored car does not count).
     #   recall    1/3, 1/3, 1/3, 1/3, 2/3       precision 1, 1/2, 1/3, 1/4, 2/5
     # Area: the monotone precision is 1 up to recall 1/3, then max(1/4, 2/5) = 2/5 up to 2/3, then 0:
     #   1/3 * 1 + 1/3 * 2/5 = 7/15.
@@ -93,13 +95,11 @@ def _iou(box, boxes):
 
 
 def devkit_ap(preds, targets, c, eleven_point):
-    """The VOC devkit's voc_eval for class c, loop by loop, with ignored regions as "difficult"."""
+    """The VOC devkit's voc_eval for class c, loop by loop, with ignored boxes as "difficult"."""
     gts = {}
     for i, t in enumerate(targets):
-        boxes = np.concatenate([t["boxes"].numpy()[t["labels"].numpy() == c], t["ignored"].numpy()]).astype(
-            np.float64
-        )
-        difficult = np.arange(len(boxes)) >= int((t["labels"] == c).sum())
+        of_class = t["labels"].numpy() == c
+        boxes, difficult = t["boxes"].numpy()[of_class], t["ignore"].numpy()[of_class]
         gts[i] = {"boxes": boxes, "difficult": difficult, "det": np.zeros(len(boxes), bool)}
     npos = sum(int((~g["difficult"]).sum()) for g in gts.values())
     dets = [
@@ -159,8 +159,9 @@ def random_images(seed, num_images=30):
         flip = rng.uniform(size=len(labels)) < 0.1
         labels[flip] = rng.integers(0, 3, int(flip.sum()))
         ignored = gt[:1] + 5 if (num and i % 3 == 0) else np.zeros((0, 4))
+        scores = rng.uniform(size=len(boxes))
         images.append(
-            _image(boxes, labels.astype(int), rng.uniform(size=len(boxes)), gt, gt_labels, ignored, i)
+            _image(boxes, labels.astype(int), scores, gt, gt_labels, ignored, gt_labels[: len(ignored)], i)
         )
     preds, targets = zip(*images, strict=True)
     return list(preds), list(targets)
@@ -209,6 +210,7 @@ def _write_dior(root, images):
 def test_cli_voc_on_a_dior_split(tmp_path, capsys):
     root = tmp_path / "DIOR"
     # vehicle (category 19): two objects in 00001, one difficult in 00002; ship (14): one in 00002.
+    # The XML is 1-based: the boxes are read less 1, so (2, 2, 12, 12) is [1, 1, 10, 10] in xywh.
     _write_dior(
         root,
         {
@@ -217,24 +219,36 @@ def test_cli_voc_on_a_dior_split(tmp_path, capsys):
         },
     )
     results = [
-        {"image_id": 1, "category_id": 19, "bbox": [2, 2, 10, 10], "score": 0.9},  # TP
-        {"image_id": 2, "category_id": 19, "bbox": [2, 2, 10, 10], "score": 0.8},  # on the difficult one
+        {"image_id": 1, "category_id": 19, "bbox": [1, 1, 10, 10], "score": 0.9},  # TP
+        {"image_id": 2, "category_id": 19, "bbox": [1, 1, 10, 10], "score": 0.8},  # on the difficult one
         {"image_id": 2, "category_id": 19, "bbox": [40, 50, 10, 10], "score": 0.7},  # FP
-        {"image_id": 1, "category_id": 19, "bbox": [30, 30, 10, 10], "score": 0.6},  # TP
-        {"image_id": 2, "category_id": 14, "bbox": [20, 20, 30, 20], "score": 0.5},  # TP
+        {"image_id": 1, "category_id": 19, "bbox": [29, 29, 10, 10], "score": 0.6},  # TP
+        {"image_id": 2, "category_id": 14, "bbox": [19, 19, 30, 20], "score": 0.5},  # TP
+        {"image_id": 2, "category_id": 14, "bbox": [1, 1, 10, 10], "score": 0.55},  # ship on the vehicle: FP
     ]
     (tmp_path / "res.json").write_text(json.dumps(results))
     out = tmp_path / "m.json"
     argv = [f"results={tmp_path / 'res.json'}", "metric=voc", f"root={root}", "split=test", f"out={out}"]
     assert kldet_eval(argv) == 0
     metrics = json.loads(out.read_text())
-    # vehicle: TP, FP, TP of 2 positives: recall 1/2, 1/2, 1; precision 1, 1/2, 2/3.
-    # Area: 1/2 * 1 + 1/2 * 2/3 = 5/6. 11-point: 6 points (recall >= 0 .. .5) at 1, 5 at 2/3: 28/33.
+    # The authors' reading (difficult not read): vehicle TP, TP, FP, TP of 3 positives: recall 1/3, 2/3,
+    # 2/3, 1; precision 1, 1, 2/3, 3/4. Area: 2/3 * 1 + 1/3 * 3/4 = 11/12. 11-point: 7 points (recall
+    # >= 0 .. .6) at 1, 4 at 3/4.
+    assert metrics["AP_vehicle"] == pytest.approx(11 / 12)
+    assert metrics["AP07_vehicle"] == pytest.approx((7 + 4 * 3 / 4) / 11)
+    # ship: FP (on the vehicle), TP: recall 0, 1; precision 0, 1/2.
+    assert metrics["AP_ship"] == 0.5 and metrics["AP_airplane"] == -1.0
+    assert metrics["mAP"] == pytest.approx((11 / 12 + 1 / 2) / 2)
+    assert "| vehicle" in capsys.readouterr().out
+    # difficult=ignore (the VOC devkit's): the detection on the difficult vehicle is neither TP nor FP:
+    # vehicle TP, FP, TP of 2 positives: recall 1/2, 1/2, 1; precision 1, 1/2, 2/3. Area: 1/2 + 1/2 * 2/3
+    # = 5/6. 11-point: 6 points at 1, 5 at 2/3. The difficult vehicle is ignored only for vehicles: the
+    # ship detection on it stays a false positive.
+    assert kldet_eval([*argv, "difficult=ignore"]) == 0
+    metrics = json.loads(out.read_text())
     assert metrics["AP_vehicle"] == pytest.approx(5 / 6)
     assert metrics["AP07_vehicle"] == pytest.approx((6 + 5 * 2 / 3) / 11)
-    assert metrics["AP_ship"] == 1.0 and metrics["AP_airplane"] == -1.0
-    assert metrics["mAP"] == pytest.approx((5 / 6 + 1) / 2)
-    assert "| vehicle" in capsys.readouterr().out
+    assert metrics["AP_ship"] == 0.5
 
 
 def test_cli_voc_matches_results_by_file_name(tmp_path):
@@ -250,12 +264,12 @@ def test_cli_voc_matches_results_by_file_name(tmp_path):
     )
     results = [
         # Right boxes for the image each file name names: AP 1 for both classes, whatever the ids say.
-        {"image_id": 1, "file_name": "11727.jpg", "category_id": 14, "bbox": [20, 20, 30, 20], "score": 0.9},
+        {"image_id": 1, "file_name": "11727.jpg", "category_id": 14, "bbox": [19, 19, 30, 20], "score": 0.9},
         {
             "image_id": 2,
             "file_name": "sub/11726.jpg",
             "category_id": 19,
-            "bbox": [2, 2, 10, 10],
+            "bbox": [1, 1, 10, 10],
             "score": 0.8,
         },
     ]

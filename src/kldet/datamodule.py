@@ -15,6 +15,7 @@ from kldet.data import (
     DetectionDataset,
     DetectionSet,
     DetectionTransform,
+    Record,
     collate,
     find_aitod_split,
     read_aitod,
@@ -23,6 +24,7 @@ from kldet.data import (
     read_image_folder,
 )
 from kldet.data.coco import categories_of
+from kldet.data.dior import DIFFICULT_MODES
 from kldet.errors import KLDetConfigError
 
 FORMATS = ("aitod", "dior", "coco")
@@ -53,6 +55,10 @@ class KLDetDataModule(L.LightningDataModule):
         max_size: longer image side after resizing (keeping the aspect ratio); None keeps sizes.
         hflip, vflip, rotate90: training augmentation probabilities.
         size_divisor: batches are zero-padded to a multiple of it.
+        difficult: dior: VOC ``difficult`` objects are normal objects ("object", the KLDet authors'
+            reading) or ignored boxes ("ignore", the VOC devkit's), in training and evaluation.
+        filter_empty_gt: train only on images with at least one annotated object of a known class
+            (ignored ones included), as MMDetection's ``filter_empty_gt`` (the authors' DIOR setting).
     """
 
     def __init__(
@@ -81,6 +87,8 @@ class KLDetDataModule(L.LightningDataModule):
         vflip: float = 0.0,
         rotate90: float = 0.0,
         size_divisor: int = 32,
+        difficult: str = "object",
+        filter_empty_gt: bool = False,
     ):
         super().__init__()
         if format not in FORMATS:
@@ -101,6 +109,10 @@ class KLDetDataModule(L.LightningDataModule):
         self.train_transform = DetectionTransform(max_size, hflip=hflip, vflip=vflip, rotate90=rotate90)
         self.eval_transform = DetectionTransform(max_size)
         self.size_divisor = size_divisor
+        if difficult not in DIFFICULT_MODES:
+            raise KLDetConfigError(f"data difficult={difficult!r} is not one of {', '.join(DIFFICULT_MODES)}")
+        self.difficult = difficult
+        self.filter_empty_gt = filter_empty_gt
         self.sets: dict[str, DetectionSet] = {}
         self._categories: tuple[list[str], list[int]] | None = None
 
@@ -148,18 +160,21 @@ class KLDetDataModule(L.LightningDataModule):
             raise KLDetConfigError(
                 "no training data: set train_split= (with root=) or train_ann= and train_images="
             )
-        return self._loader(self.ground_truth("train"), self.train_transform, self.batch_size, shuffle=True)
+        records = self.ground_truth("train").records
+        if self.filter_empty_gt:
+            records = [r for r in records if len(r.gt_labels)]
+        return self._loader(records, self.train_transform, self.batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader | list:
         # An empty list is Lightning's way of saying there is nothing to validate on.
         if not self.has_split("val"):
             return []
-        return self._loader(self.ground_truth("val"), self.eval_transform, self.eval_batch_size)
+        return self._loader(self.ground_truth("val").records, self.eval_transform, self.eval_batch_size)
 
     def test_dataloader(self) -> DataLoader | list:
         if not self.has_split("test"):
             return []
-        return self._loader(self.ground_truth("test"), self.eval_transform, self.eval_batch_size)
+        return self._loader(self.ground_truth("test").records, self.eval_transform, self.eval_batch_size)
 
     def predict_dataloader(self) -> DataLoader:
         if self.predict_images is None:
@@ -168,7 +183,7 @@ class KLDetDataModule(L.LightningDataModule):
             dataset = read_image_folder(
                 self.predict_images, strict=not self.lenient, decode=self.decode_check
             )
-        return self._loader(dataset, self.eval_transform, self.eval_batch_size)
+        return self._loader(dataset.records, self.eval_transform, self.eval_batch_size)
 
     def has_split(self, stage: str) -> bool:
         """Whether ``stage`` ("train", "val", "test") has data configured."""
@@ -216,7 +231,7 @@ class KLDetDataModule(L.LightningDataModule):
         options = {"strict": not self.lenient, "decode": self.decode_check}
         if self.format == "dior":
             self.locate(stage)
-            return read_dior(self.root, self.splits[stage], **options)
+            return read_dior(self.root, self.splits[stage], difficult=self.difficult, **options)
         ann_file, image_dir = self.locate(stage)
         if self.format == "aitod":
             return read_aitod(ann_file, image_dir, **options)
@@ -234,10 +249,10 @@ class KLDetDataModule(L.LightningDataModule):
         return self._categories
 
     def _loader(
-        self, dataset: DetectionSet, transform: DetectionTransform, batch_size: int, shuffle: bool = False
+        self, records: list[Record], transform: DetectionTransform, batch_size: int, shuffle: bool = False
     ) -> DataLoader:
         return DataLoader(
-            DetectionDataset(dataset.records, transform),
+            DetectionDataset(records, transform),
             batch_size=batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,

@@ -132,8 +132,8 @@ def draw_validation_image(
 
     Args:
         image: (3, H, W) normalised, padded model input.
-        target: the data set's target: "size" (h, w) before padding, "scale" (sx, sy), "gt_boxes" (G, 4)
-            and "gt_labels" (G,) in original pixels.
+        target: the data set's target: "size" (h, w) before padding, "scale" (sx, sy), "gt_boxes" (G, 4),
+            "gt_labels" (G,) in original pixels and optionally "gt_ignore" (G,) (ignored boxes are not drawn).
         prediction: "boxes" (K, 4) in original pixels, "scores" (K,), "labels" (K,).
 
     Returns:
@@ -147,10 +147,11 @@ def draw_validation_image(
     pixels = (image[:, :height, :width].detach().float().cpu() * std_t + mean_t).clamp(0, 255).to(torch.uint8)
     pixels = pixels.permute(1, 2, 0).numpy()
     gt_boxes = torch.as_tensor(target["gt_boxes"]).float().cpu().reshape(-1, 4)
+    shown = ~torch.as_tensor(target.get("gt_ignore", torch.zeros(len(gt_boxes), dtype=torch.bool))).cpu()
     truth = {
-        "boxes": gt_boxes * to_resized,
-        "scores": torch.ones(len(gt_boxes)),
-        "labels": torch.as_tensor(target["gt_labels"]).long().cpu().reshape(-1),
+        "boxes": gt_boxes[shown] * to_resized,
+        "scores": torch.ones(int(shown.sum())),
+        "labels": torch.as_tensor(target["gt_labels"]).long().cpu().reshape(-1)[shown],
     }
     keep = prediction["scores"].detach().cpu() >= score_thresh
     detected = {
@@ -291,7 +292,8 @@ class KLDetModule(L.LightningModule):
                 {
                     "boxes": t["gt_boxes"],
                     "labels": t["gt_labels"],
-                    "ignored": t["gt_ignored"],
+                    "areas": t["gt_areas"],
+                    "ignore": t["gt_ignore"],
                     "image_id": t["image_id"],
                 }
                 for t in targets

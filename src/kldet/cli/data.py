@@ -61,6 +61,9 @@ class CheckConfig:
     root: str | None = option(None, "data set root (aitod, dior)")
     split: str | None = option(None, "split name under root (aitod, dior)")
     decode: bool = option(False, "decode every image to find corrupt files (slower)")
+    difficult: str = option(
+        "object", "dior: VOC difficult objects count as objects (object) or are ignored (ignore)"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -119,7 +122,7 @@ def _check(config: CheckConfig, console: Console) -> int:
     if config.format is DataFormat.dior:
         if config.root is None or config.split is None:
             raise KLDetConfigError("format=dior needs root=DIR split=NAME")
-        dataset = read_dior(config.root, config.split, **options)
+        dataset = read_dior(config.root, config.split, difficult=config.difficult, **options)
     elif config.ann is not None and config.images is not None:
         reader = read_aitod if config.format is DataFormat.aitod else read_coco
         dataset = reader(config.ann, config.images, **options)

@@ -11,7 +11,7 @@ data.* keys as for kldet-train, split (val | test), trainer / precision, out (de
 next to the checkpoint).
 results mode keys: results (COCO results JSON), ann (COCO annotation JSON; metric aitod or coco),
 metric (aitod | coco | voc), root and split (DIOR / Pascal VOC data set; metric voc),
-out (metrics JSON to write).
+difficult (object | ignore: VOC difficult objects, as data.difficult; metric voc), out (metrics JSON to write).
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ class EvaluateConfig:
         metric: "aitod", "coco" or "voc".
         root: DIOR / Pascal VOC data set root (metric voc).
         split: its ImageSets/Main split name (metric voc).
+        difficult: how the VOC ground truth counts difficult objects (metric voc): "object" (the KLDet
+            authors' reading of DIOR) or "ignore" (the VOC devkit's), as ``data.difficult`` in training.
         out: where to write the metrics JSON; nothing is written without it.
     """
 
@@ -50,6 +52,7 @@ class EvaluateConfig:
     metric: str = "aitod"
     root: str | None = None
     split: str | None = None
+    difficult: str = "object"
     out: str | None = None
 
 
@@ -58,7 +61,12 @@ def run(config: EvaluateConfig) -> dict[str, float]:
     if config.results is None:
         raise KLDetConfigError("results= (a COCO results JSON) is required")
     metrics, class_names = evaluate_results_file(
-        config.results, ann=config.ann, metric=config.metric, root=config.root, split=config.split
+        config.results,
+        ann=config.ann,
+        metric=config.metric,
+        root=config.root,
+        split=config.split,
+        difficult=config.difficult,
     )
     print(format_table(metrics, config.metric, class_names))
     if config.out is not None:

@@ -20,14 +20,16 @@ AITOD_CLASSES = (
     "wind-mill",
 )
 
-# Releases name the files differently: v1 ships aitod_{trainval,test}_v1.json, the KLDet and RFLA
-# code bases rename them aitod_{training,validation}_v1.json (images still in trainval/ and test/),
-# v2 ships aitodv2_<split>.json, and kldet's synthetic set writes <split>.json.
-_ANNOTATION_ALIASES = {
-    "trainval": ("training",),
-    "train": ("training",),
-    "val": ("validation",),
-    "test": ("validation",),
+# Releases and code bases name the files differently (the README's table lists the names in order):
+# the KLDet configs say aitod_{trainval,test}_v1_1.0.json, an unused base config of theirs
+# aitod_{training,validation}_v1.0.json, the v1 release aitod_<split>_v1.json, the RFLA code base
+# aitod_{training,validation}_v1.json (images still in trainval/ and test/), v2 aitodv2_<split>.json,
+# and kldet's synthetic set <split>.json.
+_TRAINING_OR_VALIDATION = {
+    "trainval": "training",
+    "train": "training",
+    "test": "validation",
+    "val": "validation",
 }
 _IMAGE_DIR_ALIASES = {"trainval": ("train",), "train": ("trainval",), "val": ("test",), "test": ("val",)}
 
@@ -49,9 +51,17 @@ def read_aitod(
 
 
 def aitod_annotation_names(split: str) -> list[str]:
-    """File names under ``annotations/`` that hold ``split``, in the order they are looked for."""
-    stems = (split, *_ANNOTATION_ALIASES.get(split, ()))
-    return [f"aitod_{s}_v1.json" for s in stems] + [f"aitodv2_{split}.json", f"{split}.json"]
+    """File names under ``annotations/`` that hold ``split``, in the order they are looked for.
+
+    ``trainval``: aitod_trainval_v1_1.0.json, aitod_training_v1.0.json, aitod_trainval_v1.json,
+    aitod_training_v1.json, aitodv2_trainval.json, trainval.json (``test`` likewise, with ``validation``).
+    """
+    alias = _TRAINING_OR_VALIDATION.get(split)
+    names = [f"aitod_{split}_v1_1.0.json"]
+    names += [f"aitod_{alias}_v1.0.json"] if alias else []
+    names += [f"aitod_{split}_v1.json"]
+    names += [f"aitod_{alias}_v1.json"] if alias else []
+    return [*names, f"aitodv2_{split}.json", f"{split}.json"]
 
 
 def aitod_image_dirs(split: str) -> list[str]:

@@ -18,6 +18,7 @@ from kldet.data.records import (
     normalize_class_name,
     read_json,
     stack_boxes,
+    warn_annotation_id_zero,
 )
 from kldet.errors import KLDetDataError
 
@@ -32,8 +33,14 @@ def read_coco(
 ) -> DetectionSet:
     """Reads a COCO detection annotation file and checks it against the images in ``image_dir``.
 
-    Crowd annotations (``iscrowd: 1``, or ``ignore: 1`` as some AI-TOD files write) become ignored
-    regions. Images are checked by header (``decode`` also decodes them).
+    Training targets (``Record.boxes``) leave out what the authors' loader (MMDetection's
+    ``CocoDataset``) leaves out: crowd annotations (``iscrowd: 1``), annotations marked ``ignore: 1`` (as
+    some AI-TOD files write), boxes narrower or lower than 1 px and boxes whose ``area`` is <= 0. The
+    evaluation ground truth (``Record.gt_*``) keeps every annotation as written, as pycocotools and the
+    AI-TOD cocoapi do: the unclipped box, the ``area`` field, ``iscrowd`` as the ignore flag (``ignore``
+    does not count there). A file that numbers an annotation 0 gets a warning (pycocotools cannot
+    match such an object; kldet's evaluation can). Images are checked by header (``decode`` also
+    decodes them).
 
     Args:
         ann_file: COCO JSON with ``images``, ``annotations`` and ``categories``.
@@ -79,7 +86,8 @@ def read_coco(
         size = check_image(log, ann_file, record, image_dir / file_name, declared, decode)
         images[image_id] = None if size is None else Record(image_dir / file_name, *size, image_id=image_id)
 
-    boxes, labels, ignored = defaultdict(list), defaultdict(list), defaultdict(list)
+    boxes, labels = defaultdict(list), defaultdict(list)
+    gt_boxes, gt_labels, gt_areas, gt_ignore = (defaultdict(list) for _ in range(4))
     annotation_ids = set()
     for index, annotation in enumerate(data["annotations"]):
         if not isinstance(annotation, dict):
@@ -101,11 +109,14 @@ def read_coco(
                 log.add("duplicate_id", ann_file, record, "annotation id occurs twice", "annotation")
                 continue
             annotation_ids.add(annotation_id)
-        bbox = annotation.get("bbox")
+        bbox, area = annotation.get("bbox"), annotation.get("area")
         if not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
             log.add(
                 "malformed_annotation", ann_file, record, f"bbox {bbox!r} is not [x, y, w, h]", "annotation"
             )
+            continue
+        if area is not None and not _is_number(area):
+            log.add("malformed_annotation", ann_file, record, f"area {area!r} is not a number", "annotation")
             continue
         category_id = annotation.get("category_id")
         if category_id not in label_of:
@@ -123,17 +134,29 @@ def read_coco(
         box = check_box(log, ann_file, record, (x, y, x + w, y + h), image.width, image.height, written)
         if box is None:
             continue
-        if annotation.get("iscrowd") or annotation.get("ignore"):
-            ignored[image_id].append(box)
-        else:
+        area = w * h if area is None else float(area)
+        crowd = bool(annotation.get("iscrowd"))
+        # Evaluation scores every annotation as the file writes it, as pycocotools does (which takes
+        # iscrowd, not the "ignore" key some AI-TOD files write, for the ignore flag).
+        gt_boxes[image_id].append((x, y, x + w, y + h))
+        gt_labels[image_id].append(label_of[category_id])
+        gt_areas[image_id].append(area)
+        gt_ignore[image_id].append(crowd)
+        # Training drops what the authors' MMDetection loader drops.
+        if not (crowd or annotation.get("ignore")) and w >= 1 and h >= 1 and area > 0:
             boxes[image_id].append(box)
             labels[image_id].append(label_of[category_id])
 
+    if 0 in annotation_ids:
+        warn_annotation_id_zero(ann_file)
     records = []
     for image_id, image in images.items():
         if image is not None:
-            image.boxes, image.ignored = stack_boxes(boxes[image_id]), stack_boxes(ignored[image_id])
-            image.labels = np.array(labels[image_id], np.int64)
+            image.boxes, image.labels = stack_boxes(boxes[image_id]), np.array(labels[image_id], np.int64)
+            image.gt_boxes = stack_boxes(gt_boxes[image_id], np.float64)
+            image.gt_labels = np.array(gt_labels[image_id], np.int64)
+            image.gt_areas = np.array(gt_areas[image_id], np.float64)
+            image.gt_ignore = np.array(gt_ignore[image_id], bool)
             records.append(image)
     log.finish(strict)
     return log.detection_set(records, class_names, category_ids)
@@ -152,9 +175,8 @@ def to_coco(
     category_ids: Sequence[int],
     image_dir: str | Path | None = None,
 ) -> dict:
-    """A COCO detection dict (``bbox`` as ``[x, y, w, h]``) of ``records``' boxes.
-
-    Ignored regions are not written: a record does not know their class, which COCO crowd boxes need.
+    """A COCO detection dict (``bbox`` as ``[x, y, w, h]``) of the records' ground truth (``gt_*``: the
+    boxes as annotated, their ``area``, ``iscrowd`` for the ignored ones), which :func:`read_coco` reads back.
 
     Args:
         image_dir: ``file_name`` is the image path relative to it; None writes the bare file name.
@@ -172,16 +194,21 @@ def to_coco(
                 "height": record.height,
             }
         )
-        for box, label in zip(record.boxes.tolist(), record.labels.tolist(), strict=True):
-            w, h = box[2] - box[0], box[3] - box[1]
+        for box, label, area, ignore in zip(
+            record.gt_boxes.tolist(),
+            record.gt_labels.tolist(),
+            record.gt_areas.tolist(),
+            record.gt_ignore.tolist(),
+            strict=True,
+        ):
             annotations.append(
                 {
                     "id": len(annotations) + 1,
                     "image_id": int(record.image_id),
                     "category_id": int(category_ids[label]),
-                    "bbox": [box[0], box[1], w, h],
-                    "area": w * h,
-                    "iscrowd": 0,
+                    "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]],
+                    "area": area,
+                    "iscrowd": int(ignore),
                 }
             )
     categories = [{"id": int(i), "name": name} for i, name in zip(category_ids, classes, strict=True)]

@@ -42,8 +42,8 @@ class DetectionDataset(Dataset):
     - ``"image_id"`` int, ``"file_name"`` str;
     - ``"orig_size"`` (H0, W0), ``"size"`` (h, w) after resizing (before batch padding), and
       ``"scale"`` (sx, sy) = resized / original, so ``prediction / scale`` is in original pixels;
-    - ``"gt_boxes"`` (G0, 4), ``"gt_labels"`` (G0,), ``"gt_ignored"`` (K, 4): the record's own
-      annotations in original pixels, for evaluation.
+    - ``"gt_boxes"`` (M, 4) float64, ``"gt_labels"`` (M,), ``"gt_areas"`` (M,) float64, ``"gt_ignore"``
+      (M,) bool: the record's evaluation ground truth in original pixels (see :class:`Record`).
 
     An image without objects gives empty (0, 4) and (0,) tensors.
     """
@@ -74,9 +74,10 @@ class DetectionDataset(Dataset):
             "orig_size": (record.height, record.width),
             "size": tuple(tensor.shape[1:]),
             "scale": scale,
-            "gt_boxes": torch.from_numpy(record.boxes),
-            "gt_labels": torch.from_numpy(record.labels),
-            "gt_ignored": torch.from_numpy(record.ignored),
+            "gt_boxes": torch.from_numpy(record.gt_boxes),
+            "gt_labels": torch.from_numpy(record.gt_labels),
+            "gt_areas": torch.from_numpy(record.gt_areas),
+            "gt_ignore": torch.from_numpy(record.gt_ignore),
         }
         return tensor, target
 

@@ -4,10 +4,10 @@ Layout: ``root/ImageSets/Main/<split>.txt`` lists image stems, ``root/Annotation
 holds the boxes, ``root/JPEGImages/<stem>.jpg`` the image. The DIOR download's own folder names
 (``Annotations/Horizontal Bounding Boxes/``, ``JPEGImages-trainval/``, ``JPEGImages-test/``) work too.
 
-Coordinates are taken as written, without VOC's 1-based shift, as MMDetection (which KLDet's
-published numbers come from) reads DIOR. ``difficult`` objects become ignored regions, as VOC
-evaluation and MMDetection treat them; so do boxes narrower or lower than ``min_size`` pixels.
-``pose`` and ``truncated`` are read past.
+As the KLDet authors read DIOR: 1 is subtracted from every coordinate (VOC's 1-based pixels),
+``difficult`` is not read (every object counts; ``difficult="ignore"`` makes difficult objects ignored
+boxes, as the VOC devkit does), and boxes narrower or lower than ``min_size`` (0.5) pixels are
+ignored boxes, in training and in evaluation. ``pose`` and ``truncated`` are read past.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from kldet.data.records import (
     normalize_class_name,
     stack_boxes,
 )
-from kldet.errors import KLDetDataError
+from kldet.errors import KLDetConfigError, KLDetDataError
 
 #: DIOR's 20 classes; category ids are 1..20 in this order.
 DIOR_CLASSES = (
@@ -59,14 +59,26 @@ _ANNOTATION_DIRS = ("Annotations", "Annotations/Horizontal Bounding Boxes")
 _IMAGE_DIRS = ("JPEGImages", "JPEGImages-trainval", "JPEGImages-test")
 
 
+#: What ``difficult="..."`` does with VOC difficult objects: "object" counts them as every other object
+#: (the KLDet authors' reading of DIOR), "ignore" makes them ignored boxes (the VOC devkit's).
+DIFFICULT_MODES = ("object", "ignore")
+
+
 def read_dior(
-    root: str | Path, split: str, strict: bool = True, decode: bool = False, progress: bool = False
+    root: str | Path,
+    split: str,
+    strict: bool = True,
+    decode: bool = False,
+    progress: bool = False,
+    difficult: str = "object",
 ) -> DetectionSet:
     """Reads split ``split`` of a DIOR root; classes are :data:`DIOR_CLASSES`, category ids 1..20.
 
     See :func:`read_voc` for the rules.
     """
-    return read_voc(root, split, DIOR_CLASSES, strict=strict, decode=decode, progress=progress)
+    return read_voc(
+        root, split, DIOR_CLASSES, strict=strict, decode=decode, progress=progress, difficult=difficult
+    )
 
 
 def read_voc(
@@ -77,6 +89,7 @@ def read_voc(
     decode: bool = False,
     progress: bool = False,
     min_size: float = 0.5,
+    difficult: str = "object",
 ) -> DetectionSet:
     """Reads split ``split`` of a Pascal VOC layout and checks it against the images.
 
@@ -89,8 +102,16 @@ def read_voc(
         strict: raise :class:`~kldet.errors.KLDetDataError` on the first problem (after checking
             everything); otherwise skip bad images and objects and log a count.
         decode: decode every image instead of reading its header only.
-        min_size: boxes narrower or lower than this many pixels become ignored regions.
+        min_size: boxes narrower or lower than this many pixels become ignored boxes.
+        difficult: one of :data:`DIFFICULT_MODES`.
+
+    Returns:
+        records whose training targets (``boxes``) are the objects that are not ignored, clipped to
+        the image, and whose evaluation ground truth (``gt_*``) is every object as written (less 1),
+        with ``gt_ignore`` marking the ignored ones.
     """
+    if difficult not in DIFFICULT_MODES:
+        raise KLDetConfigError(f"difficult={difficult!r}: choose one of {', '.join(DIFFICULT_MODES)}")
     root = Path(root)
     split_file = root / "ImageSets" / "Main" / f"{split}.txt"
     stems = _read_split(split_file)
@@ -120,12 +141,12 @@ def read_voc(
         size = check_image(log, xml_file, record, image_path, _declared_size(annotation), decode)
         if size is None:
             continue
-        boxes, labels, ignored = [], [], []
+        boxes, labels, gt_boxes, gt_labels, gt_ignore = [], [], [], [], []
         for index, obj in enumerate(annotation.iter("object")):
             object_record = f"{record}, object {index}"
             name = obj.findtext("name", "").strip()
-            box = _read_bndbox(obj)
-            if box is None:
+            written = _read_bndbox(obj)
+            if written is None:
                 message = "needs a bndbox with numeric xmin, ymin, xmax, ymax"
                 log.add("malformed_annotation", xml_file, object_record, message, "annotation")
                 continue
@@ -133,19 +154,33 @@ def read_voc(
                 message = f"class {name!r} is not one of {', '.join(classes)}"
                 log.add("unknown_class", xml_file, object_record, message, "annotation")
                 continue
-            written = "bndbox [" + ", ".join(f"{v:g}" for v in box) + "]"
-            if 0 <= box[2] - box[0] < min_size or 0 <= box[3] - box[1] < min_size:
-                ignored.append(np.clip(box, 0, [*size, *size]).tolist())
+            label = label_of[normalize_class_name(name)]
+            box = tuple(v - 1 for v in written)
+            shown = "bndbox [" + ", ".join(f"{v:g}" for v in written) + "]"
+            tiny = 0 <= box[2] - box[0] < min_size or 0 <= box[3] - box[1] < min_size
+            clipped = None if tiny else check_box(log, xml_file, object_record, box, *size, shown)
+            if clipped is None and not tiny:
                 continue
-            clipped = check_box(log, xml_file, object_record, box, *size, written)
-            if clipped is None:
-                continue
-            if obj.findtext("difficult", "0").strip() not in ("0", ""):
-                ignored.append(clipped)
-            else:
+            marked = obj.findtext("difficult", "0").strip() not in ("0", "")
+            ignore = tiny or (difficult == "ignore" and marked)
+            gt_boxes.append(box)
+            gt_labels.append(label)
+            gt_ignore.append(ignore)
+            if not ignore:
                 boxes.append(clipped)
-                labels.append(label_of[normalize_class_name(name)])
-        records.append(Record(image_path, *size, stack_boxes(boxes), labels, stack_boxes(ignored), image_id))
+                labels.append(label)
+        records.append(
+            Record(
+                image_path,
+                *size,
+                stack_boxes(boxes),
+                labels,
+                image_id,
+                gt_boxes=stack_boxes(gt_boxes, np.float64),
+                gt_labels=gt_labels,
+                gt_ignore=gt_ignore,
+            )
+        )
     log.finish(strict)
     return log.detection_set(records, classes, range(1, len(classes) + 1))
 
@@ -153,7 +188,8 @@ def read_voc(
 def write_voc_xml(path: str | Path, record: Record, classes: Sequence[str]) -> None:
     """Writes ``record`` as a VOC XML file (``pose``, ``truncated``, ``difficult`` tags as DIOR has them).
 
-    Ignored regions are not written: a record does not know their class.
+    Coordinates are written 1-based (1 added), as :func:`read_voc` reads them; only the training
+    targets are written.
     """
     annotation = ET.Element("annotation")
     ET.SubElement(annotation, "filename").text = record.image_path.name
@@ -171,7 +207,7 @@ def write_voc_xml(path: str | Path, record: Record, classes: Sequence[str]) -> N
             ET.SubElement(obj, tag).text = value
         bndbox = ET.SubElement(obj, "bndbox")
         for tag, value in zip(("xmin", "ymin", "xmax", "ymax"), box, strict=True):
-            ET.SubElement(bndbox, tag).text = f"{value:g}"
+            ET.SubElement(bndbox, tag).text = f"{value + 1:g}"
     ET.indent(annotation)
     ET.ElementTree(annotation).write(path, encoding="utf-8")
 

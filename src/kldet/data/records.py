@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -55,14 +56,23 @@ class Record:
     Arrays are numpy, not tensors: DataLoader workers started with spawn or forkserver pickle the
     records, and pickled tensors each open a shared-memory file.
 
+    A record holds its annotations twice, because training and evaluation read a file differently
+    (as the authors' MMDetection loader and the AI-TOD cocoapi do): ``boxes`` / ``labels`` are what
+    the detector learns, ``gt_*`` is the ground truth that evaluation scores against.
+
     Attributes:
         image_path: the image file.
         width, height: image size in pixels, read from the image header.
-        boxes: (G, 4) float32 ``xyxy`` boxes to detect.
+        boxes: (G, 4) float32 ``xyxy`` training targets, clipped to the image.
         labels: (G,) int64 class indices ``0..C-1``.
-        ignored: (K, 4) float32 ``xyxy`` regions that count neither as objects nor as background
-            in evaluation (COCO crowd, VOC difficult, DIOR boxes under half a pixel).
         image_id: the data set's own image id (COCO ``id``; the numeric DIOR file stem).
+        gt_boxes: (M, 4) float64 ``xyxy`` boxes as annotated (not clipped): every object evaluation
+            counts, and the ignored ones. None: the training targets.
+        gt_labels: (M,) int64 class of each.
+        gt_areas: (M,) float64 area that sorts a box into the COCO / AI-TOD size ranges: the COCO
+            file's ``area`` field (which need not be w * h), else w * h.
+        gt_ignore: (M,) bool boxes that are neither objects nor background, within their class: COCO
+            crowd boxes (``iscrowd: 1``, matched with the crowd IoU rule), VOC / DIOR ignored boxes.
     """
 
     image_path: Path
@@ -70,16 +80,35 @@ class Record:
     height: int
     boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
     labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    ignored: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
     image_id: int = 0
+    gt_boxes: np.ndarray | None = None
+    gt_labels: np.ndarray | None = None
+    gt_areas: np.ndarray | None = None
+    gt_ignore: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.image_path = Path(self.image_path)
         self.boxes = np.asarray(self.boxes, np.float32).reshape(-1, 4)
         self.labels = np.asarray(self.labels, np.int64).reshape(-1)
-        self.ignored = np.asarray(self.ignored, np.float32).reshape(-1, 4)
         if len(self.boxes) != len(self.labels):
             raise ValueError(f"{len(self.boxes)} boxes but {len(self.labels)} labels")
+        if self.gt_boxes is None:
+            self.gt_boxes, self.gt_labels = self.boxes, self.labels
+        self.gt_boxes = np.asarray(self.gt_boxes, np.float64).reshape(-1, 4)
+        self.gt_labels = np.asarray(self.gt_labels, np.int64).reshape(-1)
+        if self.gt_areas is None:
+            self.gt_areas = (self.gt_boxes[:, 2] - self.gt_boxes[:, 0]) * (
+                self.gt_boxes[:, 3] - self.gt_boxes[:, 1]
+            )
+        self.gt_areas = np.asarray(self.gt_areas, np.float64).reshape(-1)
+        if self.gt_ignore is None:
+            self.gt_ignore = np.zeros(len(self.gt_boxes), bool)
+        self.gt_ignore = np.asarray(self.gt_ignore, bool).reshape(-1)
+        if not len(self.gt_boxes) == len(self.gt_labels) == len(self.gt_areas) == len(self.gt_ignore):
+            raise ValueError(
+                f"{len(self.gt_boxes)} gt_boxes, {len(self.gt_labels)} gt_labels, {len(self.gt_areas)} "
+                f"gt_areas and {len(self.gt_ignore)} gt_ignore"
+            )
 
 
 @dataclass(frozen=True)
@@ -261,9 +290,18 @@ def normalize_class_name(name: str) -> str:
     return "".join(c for c in str(name).lower() if c not in " -_")
 
 
-def stack_boxes(boxes: Sequence[Sequence[float]]) -> np.ndarray:
-    """(N, 4) float32 array of N boxes (no boxes give (0, 4))."""
-    return np.array(boxes, np.float32).reshape(-1, 4)
+def stack_boxes(boxes: Sequence[Sequence[float]], dtype=np.float32) -> np.ndarray:
+    """(N, 4) array of N boxes (no boxes give (0, 4))."""
+    return np.array(boxes, dtype).reshape(-1, 4)
+
+
+def warn_annotation_id_zero(path: Path) -> None:
+    """Warns that ``path`` numbers an annotation 0, which kldet renumbers but pycocotools cannot match."""
+    warnings.warn(
+        f"{path}: has an annotation with id 0; kldet renumbers annotations from 1, while pycocotools and "
+        "the AI-TOD cocoapi can never match an id-0 object (so their AP can be slightly lower)",
+        stacklevel=3,
+    )
 
 
 def read_json(path: str | Path, what: str = "annotation"):

@@ -50,7 +50,7 @@ def summarize(dataset: DetectionSet) -> DataSummary:
         images=len(records),
         empty_images=sum(len(r.boxes) == 0 for r in records),
         objects=len(boxes),
-        ignored=sum(len(r.ignored) for r in records),
+        ignored=sum(int(r.gt_ignore.sum()) for r in records),
         class_counts=dict(zip(dataset.classes, per_class, strict=True)),
         size_bins=size_bin_counts(boxes),
         mean_size=float(sizes.mean()) if len(sizes) else float("nan"),

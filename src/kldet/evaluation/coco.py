@@ -11,11 +11,12 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
+import torch
 from faster_coco_eval import COCO, COCOeval_faster
 from torchvision.ops import box_convert
 
@@ -198,8 +199,13 @@ def evaluate_coco(
 def detections_dataset(ground_truth: dict, detections: CocoDetections) -> dict:
     """The COCO dict of ``detections`` that ``loadRes`` would build (``area`` = w * h), without the
     polygon per box it adds and without failing on an empty list."""
+    boxes = detections.boxes
     annotations = _annotation_dicts(
-        detections.image_ids, detections.category_ids, detections.boxes, np.zeros(len(detections.boxes), int)
+        detections.image_ids,
+        detections.category_ids,
+        boxes,
+        boxes[:, 2] * boxes[:, 3],
+        np.zeros(len(boxes), int),
     )
     for annotation, score in zip(annotations, detections.scores.tolist(), strict=True):
         annotation["score"] = score
@@ -222,33 +228,57 @@ def check_detection_ids(detections: CocoDetections, image_ids, category_ids, sou
             raise KLDetDataError(f"{source}: {unknown.size} {what} id(s) not in the ground truth: {shown}")
 
 
-def coco_inputs(data: EvaluationSet, class_names: list[str]) -> tuple[dict, CocoDetections]:
-    """The COCO ground-truth dict and detections of ``data``.
+def ground_truth_dataset(
+    image_ids: Sequence[int],
+    categories: Sequence[tuple[int, str]],
+    annotation_image_ids: np.ndarray,
+    category_ids: np.ndarray,
+    boxes: np.ndarray,
+    areas: np.ndarray,
+    iscrowd: np.ndarray,
+) -> dict:
+    """The COCO ground-truth dict that every evaluation hands to the COCO library: the training metric
+    builds it from the records, ``kldet-eval results=`` from the annotation file, so both score the same.
 
-    Category ids are labels + 1, annotation areas are box areas, and every ignored box becomes an
-    ``iscrowd`` annotation of every category, so detections of any class on it are not counted.
+    Args:
+        image_ids: the images, with or without annotations.
+        categories: ``(id, name)`` of each category.
+        annotation_image_ids, category_ids: (N,) int of each annotation.
+        boxes: (N, 4) float64 ``xyxy``, as annotated.
+        areas: (N,) float64 the areas that sort the boxes into size ranges.
+        iscrowd: (N,) int, 1 for crowd boxes (ignored within their class, matched with the crowd IoU rule).
+
+    Returns:
+        ``{"images", "categories", "annotations"}``, annotation ids from 1 in the given order (both COCO
+        libraries read id 0 as "unmatched").
     """
-    num_classes = len(class_names)
-    ignored_image = data.image_ids[data.image_index(data.ignored_counts)]
-    image_ids = np.concatenate(
-        [
-            data.image_ids[data.image_index(data.gt_counts)].numpy(),
-            np.repeat(ignored_image.numpy(), num_classes),
-        ]
-    )
-    category_ids = np.concatenate(
-        [
-            data.gt_labels.numpy() + 1,
-            np.tile(np.arange(1, num_classes + 1), len(ignored_image)),
-        ]
-    )
-    boxes = np.concatenate([_xywh(data.gt_boxes), np.repeat(_xywh(data.ignored_boxes), num_classes, axis=0)])
-    crowd = np.repeat([0, 1], [len(data.gt_labels), len(ignored_image) * num_classes])
-    ground_truth = {
-        "images": [{"id": i} for i in data.image_ids.tolist()],
-        "annotations": _annotation_dicts(image_ids, category_ids, boxes, crowd),
-        "categories": [{"id": k + 1, "name": name} for k, name in enumerate(class_names)],
+    return {
+        "images": [{"id": int(i)} for i in image_ids],
+        "categories": [{"id": int(i), "name": str(name)} for i, name in categories],
+        "annotations": _annotation_dicts(
+            np.asarray(annotation_image_ids),
+            np.asarray(category_ids),
+            box_convert(torch.as_tensor(boxes, dtype=torch.float64).reshape(-1, 4), "xyxy", "xywh").numpy(),
+            np.asarray(areas, dtype=np.float64),
+            np.asarray(iscrowd),
+        ),
     }
+
+
+def coco_inputs(data: EvaluationSet, class_names: list[str]) -> tuple[dict, CocoDetections]:
+    """The COCO ground-truth dict (:func:`ground_truth_dataset`) and detections of ``data``.
+
+    Category ids are labels + 1; ``gt_areas`` are the annotation areas and ``gt_ignore`` marks crowd boxes.
+    """
+    ground_truth = ground_truth_dataset(
+        data.image_ids.tolist(),
+        list(enumerate(class_names, 1)),
+        data.image_ids[data.image_index(data.gt_counts)].numpy(),
+        data.gt_labels.numpy() + 1,
+        data.gt_boxes.numpy(),
+        data.gt_areas.numpy(),
+        data.gt_ignore.numpy().astype(np.int64),
+    )
     detections = CocoDetections(
         image_ids=data.image_ids[data.image_index(data.pred_counts)].numpy(),
         category_ids=data.pred_labels.numpy() + 1,
@@ -259,9 +289,9 @@ def coco_inputs(data: EvaluationSet, class_names: list[str]) -> tuple[dict, Coco
 
 
 def _annotation_dicts(
-    image_ids: np.ndarray, category_ids: np.ndarray, boxes: np.ndarray, iscrowd: np.ndarray
+    image_ids: np.ndarray, category_ids: np.ndarray, boxes: np.ndarray, areas: np.ndarray, iscrowd: np.ndarray
 ) -> list[dict]:
-    """COCO annotation dicts, ids from 1, ``area`` = w * h of the (N, 4) ``xywh`` boxes."""
+    """COCO annotation dicts, ids from 1, of the (N, 4) ``xywh`` boxes."""
     with gc_paused():
         return [
             {"id": i, "image_id": m, "category_id": c, "bbox": b, "area": a, "iscrowd": z}
@@ -270,7 +300,7 @@ def _annotation_dicts(
                 image_ids.tolist(),
                 category_ids.tolist(),
                 boxes.tolist(),
-                (boxes[:, 2] * boxes[:, 3]).tolist(),
+                areas.tolist(),
                 iscrowd.tolist(),
                 strict=True,
             )

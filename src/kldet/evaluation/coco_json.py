@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from kldet.data.records import read_json
+from kldet.data.records import read_json, warn_annotation_id_zero
 from kldet.errors import KLDetDataError
-from kldet.evaluation.coco import CocoDetections, gc_paused
+from kldet.evaluation.coco import CocoDetections, gc_paused, ground_truth_dataset
 
 
 def load_json(path: str | Path, what: str):
@@ -57,9 +57,9 @@ def read_coco_ground_truth(path: str | Path) -> dict:
     """A COCO annotation file, checked and reduced to what box evaluation reads.
 
     Returns:
-        ``{"images": [{"id"}], "categories": [{"id", "name"}], "annotations": [...]}`` with annotation
-        ``id`` renumbered from 1 (both COCO libraries take id 0 for "unmatched"), ``bbox``, ``area``
-        (the file's, else w * h) and ``iscrowd`` (the file's, else 0).
+        :func:`kldet.evaluation.coco.ground_truth_dataset` of the file: every annotation with its ``bbox``,
+        ``area`` (the file's, else w * h) and ``iscrowd`` (the file's, else 0), renumbered from 1 (both COCO
+        libraries take id 0 for "unmatched"; a file with an annotation id 0 gets a warning).
     """
     data = load_json(path, "annotation")
     if not isinstance(data, dict) or not all(
@@ -77,28 +77,29 @@ def read_coco_ground_truth(path: str | Path) -> dict:
                 f"annotation file {path}: {what} id {values[counts > 1][0]} appears more than once"
             )
     image_set, category_set = set(images), set(categories)
-    annotations = []
+    rows = []
     with gc_paused():
         for i, ann in enumerate(data["annotations"]):
             problem = _annotation_problem(ann, image_set, category_set)
             if problem:
                 raise KLDetDataError(f"annotation file {path}, annotation {i}: {problem}: {_short(ann)}")
             x, y, w, h = (float(v) for v in ann["bbox"])
-            annotations.append(
-                {
-                    "id": i + 1,
-                    "image_id": ann["image_id"],
-                    "category_id": ann["category_id"],
-                    "bbox": [x, y, w, h],
-                    "area": float(ann.get("area", w * h)),
-                    "iscrowd": int(ann.get("iscrowd", 0)),
-                }
+            area = float(ann.get("area", w * h))
+            rows.append(
+                (ann["image_id"], ann["category_id"], x, y, x + w, y + h, area, int(ann.get("iscrowd", 0)))
             )
-    return {
-        "images": [{"id": i} for i in images],
-        "categories": [{"id": c["id"], "name": str(c.get("name", c["id"]))} for c in data["categories"]],
-        "annotations": annotations,
-    }
+    if any(isinstance(ann, dict) and ann.get("id") == 0 for ann in data["annotations"]):
+        warn_annotation_id_zero(Path(path))
+    columns = list(zip(*rows, strict=True)) if rows else [()] * 8
+    return ground_truth_dataset(
+        images,
+        [(c["id"], c.get("name", c["id"])) for c in data["categories"]],
+        np.array(columns[0], np.int64),
+        np.array(columns[1], np.int64),
+        np.array(columns[2:6], np.float64).T.reshape(-1, 4),
+        np.array(columns[6], np.float64),
+        np.array(columns[7], np.int64),
+    )
 
 
 def _checked_id(record, path, what: str, index: int) -> int:

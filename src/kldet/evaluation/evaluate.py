@@ -36,6 +36,7 @@ def evaluate_results_file(
     metric: str = "aitod",
     root: str | Path | None = None,
     split: str | None = None,
+    difficult: str = "object",
 ) -> tuple[dict[str, float], list[str]]:
     """Evaluates a COCO results file.
 
@@ -46,6 +47,8 @@ def evaluate_results_file(
         root, split: a DIOR (Pascal VOC layout) data set and split, for ``metric="voc"``; results use its
             category ids as :func:`kldet.data.read_dior` gives them, and name their image by
             ``file_name`` (as kldet-predict writes it; matched by base name) or else by its image id.
+        difficult: how the VOC ground truth counts difficult objects, as :func:`kldet.data.read_dior` (and
+            ``data.difficult`` in training) reads them: "object" or "ignore".
 
     Returns:
         The metrics (keys as :func:`evaluate_detections`) and the class names in label order.
@@ -55,7 +58,7 @@ def evaluate_results_file(
         if root is None or split is None:
             raise KLDetConfigError("metric=voc needs root= (a DIOR / Pascal VOC data set) and split=")
         detections = read_coco_results(results)
-        data, class_names = _voc_inputs(detections, root, split, f"results file {results}")
+        data, class_names = _voc_inputs(detections, root, split, difficult, f"results file {results}")
         return evaluate_voc(data, class_names), class_names
     if ann is None:
         raise KLDetConfigError(f"metric={metric} needs ann= (a COCO annotation file)")
@@ -67,12 +70,12 @@ def evaluate_results_file(
 
 
 def _voc_inputs(
-    detections: CocoDetections, root: str | Path, split: str, source: str
+    detections: CocoDetections, root: str | Path, split: str, difficult: str, source: str
 ) -> tuple[EvaluationSet, list[str]]:
     # Only this path reads images' annotations; the data package pulls in albumentations and OpenCV.
     from kldet.data import read_dior
 
-    dataset = read_dior(root, split)
+    dataset = read_dior(root, split, difficult=difficult)
     records = dataset.records
     record_ids = [r.image_id for r in records]
     if detections.file_names is not None:
@@ -90,10 +93,20 @@ def _voc_inputs(
         {"boxes": boxes[rows], "scores": scores[rows], "labels": labels[rows]}
         for rows in torch.split(order, counts)
     ]
-    targets = [
-        {"boxes": r.boxes, "labels": r.labels, "ignored": r.ignored, "image_id": r.image_id} for r in records
-    ]
+    targets = [record_ground_truth(r) for r in records]
     return EvaluationSet.from_lists(preds, targets, len(dataset.classes)), list(dataset.classes)
+
+
+def record_ground_truth(record: Record) -> dict:
+    """The ground truth of ``record`` as :class:`~kldet.evaluation.DetectionMetric` and
+    :meth:`EvaluationSet.from_lists` take it (``boxes``, ``labels``, ``areas``, ``ignore``, ``image_id``)."""
+    return {
+        "boxes": record.gt_boxes,
+        "labels": record.gt_labels,
+        "areas": record.gt_areas,
+        "ignore": record.gt_ignore,
+        "image_id": record.image_id,
+    }
 
 
 def _ids_from_file_names(detections: CocoDetections, records: list[Record], source: str) -> CocoDetections:

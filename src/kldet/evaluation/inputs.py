@@ -14,7 +14,7 @@ class EvaluationSet:
     """Detections and annotations of ``I`` images, concatenated in image order.
 
     Boxes are ``xyxy`` in original image pixels and labels are 0-based. The rows of image ``i`` in
-    ``pred_*`` start at ``pred_counts[:i].sum()``; likewise ``gt_*`` and ``ignored_boxes``.
+    ``pred_*`` start at ``pred_counts[:i].sum()``; likewise ``gt_*``.
 
     Attributes:
         image_ids: (I,) int64, -1 where the caller gave none.
@@ -22,11 +22,12 @@ class EvaluationSet:
         pred_boxes: (P, 4) float32.
         pred_scores: (P,) float32.
         pred_labels: (P,) int64.
-        gt_counts: (I,) int64 annotated objects per image.
-        gt_boxes: (G, 4) float32.
+        gt_counts: (I,) int64 ground-truth boxes per image.
+        gt_boxes: (G, 4) float64, as annotated.
         gt_labels: (G,) int64.
-        ignored_counts: (I,) int64 ignored regions per image.
-        ignored_boxes: (K, 4) float32, class-agnostic: a detection of any class on one is not counted.
+        gt_areas: (G,) float64 areas for the COCO / AI-TOD size ranges (a COCO file's ``area`` field).
+        gt_ignore: (G,) bool boxes that are neither objects nor background, within their class: COCO
+            crowd boxes (matched with the crowd IoU rule) for AI-TOD / COCO, ignored boxes for VOC.
     """
 
     image_ids: Tensor
@@ -37,8 +38,8 @@ class EvaluationSet:
     gt_counts: Tensor
     gt_boxes: Tensor
     gt_labels: Tensor
-    ignored_counts: Tensor
-    ignored_boxes: Tensor
+    gt_areas: Tensor
+    gt_ignore: Tensor
 
     @classmethod
     def from_lists(cls, preds: Sequence[dict], targets: Sequence[dict], num_classes: int) -> EvaluationSet:
@@ -46,21 +47,33 @@ class EvaluationSet:
 
         Args:
             preds: per image ``{"boxes": (K, 4), "scores": (K,), "labels": (K,)}``.
-            targets: per image ``{"boxes": (G, 4), "labels": (G,)}`` with optional ``"ignored"`` (M, 4)
-                and ``"image_id"`` (int or 0-d tensor).
+            targets: per image ``{"boxes": (G, 4), "labels": (G,)}`` with optional ``"areas"`` (G,)
+                (default w * h), ``"ignore"`` (G,) bool (default all False) and ``"image_id"`` (int
+                or 0-d tensor).
             num_classes: labels must lie in ``0 .. num_classes - 1``.
         """
         if len(preds) != len(targets):
             raise ValueError(f"got {len(preds)} predictions for {len(targets)} targets; they must pair up")
-        no_boxes = torch.zeros(0, 4)
+        gt_boxes = [_boxes(t["boxes"], "target boxes", torch.float64) for t in targets]
         parts = {
             "image_ids": [torch.tensor([int(t.get("image_id", -1))]) for t in targets],
             "pred_boxes": [_boxes(p["boxes"], "prediction boxes") for p in preds],
             "pred_scores": [torch.as_tensor(p["scores"]).detach().float().reshape(-1).cpu() for p in preds],
             "pred_labels": [_labels(p["labels"], num_classes, "prediction labels") for p in preds],
-            "gt_boxes": [_boxes(t["boxes"], "target boxes") for t in targets],
+            "gt_boxes": gt_boxes,
             "gt_labels": [_labels(t["labels"], num_classes, "target labels") for t in targets],
-            "ignored_boxes": [_boxes(t.get("ignored", no_boxes), "ignored boxes") for t in targets],
+            "gt_areas": [
+                torch.as_tensor(t["areas"]).detach().double().reshape(-1).cpu()
+                if "areas" in t
+                else (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+                for t, boxes in zip(targets, gt_boxes, strict=True)
+            ],
+            "gt_ignore": [
+                torch.as_tensor(t["ignore"]).detach().bool().reshape(-1).cpu()
+                if "ignore" in t
+                else torch.zeros(len(boxes), dtype=torch.bool)
+                for t, boxes in zip(targets, gt_boxes, strict=True)
+            ],
         }
         for i, (boxes, scores, labels) in enumerate(
             zip(parts["pred_boxes"], parts["pred_scores"], parts["pred_labels"], strict=True)
@@ -69,13 +82,18 @@ class EvaluationSet:
                 raise ValueError(
                     f"prediction {i}: {len(boxes)} boxes, {len(scores)} scores and {len(labels)} labels"
                 )
-        for i, (boxes, labels) in enumerate(zip(parts["gt_boxes"], parts["gt_labels"], strict=True)):
-            if len(boxes) != len(labels):
-                raise ValueError(f"target {i}: {len(boxes)} boxes and {len(labels)} labels")
+        for i, columns in enumerate(
+            zip(parts["gt_boxes"], parts["gt_labels"], parts["gt_areas"], parts["gt_ignore"], strict=True)
+        ):
+            if len({len(column) for column in columns}) > 1:
+                raise ValueError(
+                    "target {}: {} boxes, {} labels, {} areas and {} ignore flags".format(
+                        i, *(len(column) for column in columns)
+                    )
+                )
         counts = {
             "pred_counts": _counts(parts["pred_boxes"]),
             "gt_counts": _counts(parts["gt_boxes"]),
-            "ignored_counts": _counts(parts["ignored_boxes"]),
         }
         flat = {name: torch.cat(tensors) if tensors else _empty(name) for name, tensors in parts.items()}
         return cls(**flat, **counts)
@@ -109,10 +127,8 @@ class EvaluationSet:
             image_ids=new_ids[keep],
             pred_counts=self.pred_counts[keep],
             gt_counts=self.gt_counts[keep],
-            ignored_counts=self.ignored_counts[keep],
             **_select_rows(self, "pred", keep, ("pred_boxes", "pred_scores", "pred_labels")),
-            **_select_rows(self, "gt", keep, ("gt_boxes", "gt_labels")),
-            **_select_rows(self, "ignored", keep, ("ignored_boxes",)),
+            **_select_rows(self, "gt", keep, ("gt_boxes", "gt_labels", "gt_areas", "gt_ignore")),
         )
 
     def as_dict(self) -> dict[str, Tensor]:
@@ -125,8 +141,8 @@ def _select_rows(data: EvaluationSet, prefix: str, keep: Tensor, names: tuple[st
     return {name: getattr(data, name)[rows] for name in names}
 
 
-def _boxes(boxes, what: str) -> Tensor:
-    boxes = torch.as_tensor(boxes).detach().float().cpu()
+def _boxes(boxes, what: str, dtype: torch.dtype = torch.float32) -> Tensor:
+    boxes = torch.as_tensor(boxes).detach().to("cpu", dtype)
     if boxes.numel() == 0:
         return boxes.reshape(0, 4)
     if boxes.ndim != 2 or boxes.shape[1] != 4:
@@ -146,6 +162,7 @@ def _counts(tensors: list[Tensor]) -> Tensor:
 
 
 def _empty(name: str) -> Tensor:
-    if name.endswith("boxes"):
-        return torch.zeros(0, 4)
-    return torch.zeros(0, dtype=torch.float32 if name.endswith("scores") else torch.long)
+    dtype = {"pred_scores": torch.float32, "gt_boxes": torch.float64, "gt_areas": torch.float64}.get(
+        name, torch.bool if name == "gt_ignore" else torch.float32 if name.endswith("boxes") else torch.long
+    )
+    return torch.zeros((0, 4) if name.endswith("boxes") else 0, dtype=dtype)

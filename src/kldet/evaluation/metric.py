@@ -21,10 +21,10 @@ _STATE_DTYPES = {
     "pred_scores": torch.float32,
     "pred_labels": torch.long,
     "gt_counts": torch.long,
-    "gt_boxes": torch.float32,
+    "gt_boxes": torch.float64,
     "gt_labels": torch.long,
-    "ignored_counts": torch.long,
-    "ignored_boxes": torch.float32,
+    "gt_areas": torch.float64,
+    "gt_ignore": torch.long,  # bool in the EvaluationSet; sent as int64, which every backend gathers
 }
 
 
@@ -60,18 +60,21 @@ class DetectionMetric(Metric):
 
         Args:
             preds: per image ``{"boxes": (K, 4) xyxy, "scores": (K,), "labels": (K,)}``.
-            targets: per image ``{"boxes": (G, 4) xyxy, "labels": (G,)}``, optional ``"ignored"`` (M, 4)
-                regions and ``"image_id"``. Boxes in original image pixels, labels 0-based.
+            targets: per image the ground truth to score against, ``{"boxes": (G, 4) xyxy, "labels":
+                (G,)}``, optional ``"areas"`` (G,) (a COCO file's ``area``; default w * h), ``"ignore"``
+                (G,) bool (COCO crowd / VOC ignored boxes) and ``"image_id"``. Boxes in original image
+                pixels, labels 0-based.
         """
         batch = EvaluationSet.from_lists(preds, targets, len(self.class_names))
         for name, value in batch.as_dict().items():
-            getattr(self, name).append(value.reshape(-1).to(self.device))
+            getattr(self, name).append(value.reshape(-1).to(self.device, _STATE_DTYPES[name]))
 
     def compute(self) -> dict[str, float]:
         """The metrics of :func:`kldet.evaluation.evaluate_detections` over every image seen."""
         states = {name: _concatenated(getattr(self, name), dtype) for name, dtype in _STATE_DTYPES.items()}
-        for name in ("pred_boxes", "gt_boxes", "ignored_boxes"):
+        for name in ("pred_boxes", "gt_boxes"):
             states[name] = states[name].reshape(-1, 4)
+        states["gt_ignore"] = states["gt_ignore"].bool()
         data = EvaluationSet(**states).unique_images()
         return evaluate_detections(data, self.kind, self.class_names)
 

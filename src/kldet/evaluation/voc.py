@@ -1,10 +1,11 @@
 """Pascal VOC mean average precision at one IoU threshold (DIOR's metric), 11-point and area variants.
 
-Follows the VOC devkit: detections of a class are taken in descending score; each is matched to the
-box of its image it overlaps most (same-class objects and ignored regions); above the threshold it is
-a true positive if that object is not yet taken, ignored if the box is an ignored region (VOC's
-"difficult"), a false positive otherwise. Ignored regions do not count as positives. IoU is computed
-on continuous pixel coordinates (no "+1"), as everywhere else in the package.
+Follows the VOC devkit (and MMDetection's ``eval_map``, which the KLDet authors' DIOR numbers come from):
+detections of a class are taken in descending score; each is matched to the box of its class in its
+image that it overlaps most, ignored boxes included; above the threshold it is a true positive if that
+object is not yet taken, ignored (neither TP nor FP) if the box is an ignored one (VOC's "difficult",
+DIOR's boxes under half a pixel), a false positive otherwise. Ignored boxes do not count as positives.
+IoU is computed on continuous pixel coordinates (no "+1"), as everywhere else in the package.
 """
 
 from __future__ import annotations
@@ -43,40 +44,33 @@ def voc_average_precision(recall: np.ndarray, precision: np.ndarray, eleven_poin
 
 
 def match_detections(data: EvaluationSet, iou_threshold: float = 0.5) -> tuple[Tensor, Tensor]:
-    """The object or ignored region each detection overlaps most, VOC style.
+    """The ground-truth box of its class each detection overlaps most, VOC style.
 
     Returns:
         matched (P,) int64: the index into ``data.gt_boxes`` of the object a detection overlaps most
-            (same class) by more than ``iou_threshold``, -1 if none does or an ignored region wins;
-        ignored (P,) bool: detections whose best overlap above the threshold is an ignored region.
+            (same class) by more than ``iou_threshold``, -1 if none does or an ignored box wins;
+        ignored (P,) bool: detections whose best overlap above the threshold is an ignored box.
         Which matched detection of an object is the true positive is for the caller (the best scored).
     """
     matched = torch.full((len(data.pred_scores),), -1, dtype=torch.long)
     ignored = torch.zeros(len(data.pred_scores), dtype=torch.bool)
-    pred_starts, gt_starts, ignored_starts = (
-        (torch.cumsum(c, 0) - c).tolist() for c in (data.pred_counts, data.gt_counts, data.ignored_counts)
-    )
-    for i, (num_preds, num_gts, num_ignored) in enumerate(
-        zip(data.pred_counts.tolist(), data.gt_counts.tolist(), data.ignored_counts.tolist(), strict=True)
+    pred_starts, gt_starts = ((torch.cumsum(c, 0) - c).tolist() for c in (data.pred_counts, data.gt_counts))
+    for i, (num_preds, num_gts) in enumerate(
+        zip(data.pred_counts.tolist(), data.gt_counts.tolist(), strict=True)
     ):
-        if num_preds == 0 or num_gts + num_ignored == 0:
+        if num_preds == 0 or num_gts == 0:
             continue
         preds = slice(pred_starts[i], pred_starts[i] + num_preds)
         gts = slice(gt_starts[i], gt_starts[i] + num_gts)
-        boxes = torch.cat(
-            [data.gt_boxes[gts], data.ignored_boxes[ignored_starts[i] : ignored_starts[i] + num_ignored]]
-        )
-        labels = torch.cat([data.gt_labels[gts], torch.full((num_ignored,), -1)])
         # float64: the threshold test is exact, as in the devkit's numpy
-        ious = box_iou(data.pred_boxes[preds].double(), boxes.double())
-        candidate = (data.pred_labels[preds, None] == labels) | (labels < 0)
-        ious = torch.where(candidate, ious, -1.0)
+        ious = box_iou(data.pred_boxes[preds].double(), data.gt_boxes[gts].double())
+        ious = torch.where(data.pred_labels[preds, None] == data.gt_labels[None, gts], ious, -1.0)
         best = ious.argmax(dim=1)  # the first of equal overlaps, as numpy's argmax in the devkit
         best_iou = ious.gather(1, best[:, None]).squeeze(1)
         hit = best_iou > iou_threshold
-        on_object = hit & (best < num_gts)
-        matched[preds] = torch.where(on_object, best + gt_starts[i], -1)
-        ignored[preds] = hit & (best >= num_gts)
+        on_ignored = data.gt_ignore[gts][best]
+        matched[preds] = torch.where(hit & ~on_ignored, best + gt_starts[i], -1)
+        ignored[preds] = hit & on_ignored
     return matched, ignored
 
 
@@ -101,7 +95,7 @@ def evaluate_voc(data: EvaluationSet, class_names: list[str], iou_threshold: flo
     is_tp = np.zeros(len(order), dtype=bool)
     is_tp[taken[first]] = True
     labels = data.pred_labels[order]
-    num_positives = torch.bincount(data.gt_labels, minlength=num_classes)
+    num_positives = torch.bincount(data.gt_labels[~data.gt_ignore], minlength=num_classes)
     bounds = torch.searchsorted(labels, torch.arange(num_classes + 1)).tolist()
     area, eleven = np.full(num_classes, -1.0), np.full(num_classes, -1.0)
     for c in range(num_classes):

@@ -21,6 +21,7 @@ from kldet.data import (
     read_dior,
     read_image_folder,
 )
+from kldet.data.aitod import aitod_annotation_names
 from kldet.data.records import ProblemLog, check_box
 from kldet.errors import KLDetConfigError, KLDetDataError
 
@@ -274,6 +275,42 @@ def test_find_aitod_split_knows_the_release_names(tmp_path, ann_name, image_dir,
     (tmp_path / "annotations" / ann_name).write_text("{}")
     (tmp_path / image_dir).mkdir()
     assert find_aitod_split(tmp_path, split) == (tmp_path / "annotations" / ann_name, tmp_path / image_dir)
+
+
+AITOD_NAMES = {
+    "trainval": [
+        "aitod_trainval_v1_1.0.json",  # the KLDet configs
+        "aitod_training_v1.0.json",  # their unused base config
+        "aitod_trainval_v1.json",  # the v1 release
+        "aitod_training_v1.json",  # RFLA's name
+        "aitodv2_trainval.json",  # AI-TOD v2
+        "trainval.json",
+    ],
+    "test": [
+        "aitod_test_v1_1.0.json",
+        "aitod_validation_v1.0.json",
+        "aitod_test_v1.json",
+        "aitod_validation_v1.json",
+        "aitodv2_test.json",
+        "test.json",
+    ],
+}
+
+
+@pytest.mark.parametrize("split", ["trainval", "test"])
+def test_find_aitod_split_takes_the_names_in_order(tmp_path, split):
+    names = AITOD_NAMES[split]
+    assert aitod_annotation_names(split) == names
+    (tmp_path / split).mkdir()
+    (tmp_path / "annotations").mkdir()
+    for name in names:
+        (tmp_path / "annotations" / name).write_text("{}")
+    for name in names:  # each name wins over every later one
+        assert find_aitod_split(tmp_path, split)[0] == tmp_path / "annotations" / name
+        (tmp_path / "annotations" / name).unlink()
+    with pytest.raises(KLDetConfigError) as raised:
+        find_aitod_split(tmp_path, split)
+    assert "no annotation file" in str(raised.value) and ", ".join(names) in str(raised.value)
 
 
 def test_find_aitod_split_explains_the_layout(tmp_path):

@@ -136,8 +136,8 @@ class KLDetDataModule(L.LightningDataModule):
         return len(self.classes)
 
     def ground_truth(self, stage: str) -> DetectionSet:
-        """The records of ``stage`` ("train", "val" or "test"): boxes, labels and ignored regions in
-        original pixels, with the image ids that predictions are matched on. Reads the split if needed."""
+        """The records of ``stage`` ("train", "val" or "test"): training targets and evaluation ground truth
+        in original pixels, with the image ids that predictions are matched on. Reads the split if needed."""
         if stage not in self.sets:
             self.sets[stage] = self.read_split(stage)
         return self.sets[stage]

@@ -142,7 +142,7 @@ def _print_summary(dataset: DetectionSet, console: Console) -> None:
     console.print(str(dataset.source), style="bold")
     console.print(
         f"images: {summary.images} ({summary.empty_images} without objects)   objects: {summary.objects}   "
-        f"ignored regions: {summary.ignored}   boxes clipped to their image: {dataset.clipped_boxes}"
+        f"ignored boxes: {summary.ignored}   boxes clipped to their image: {dataset.clipped_boxes}"
     )
     if summary.objects:
         console.print(

@@ -237,7 +237,7 @@ class KLDetDataModule(L.LightningDataModule):
         self, dataset: DetectionSet, transform: DetectionTransform, batch_size: int, shuffle: bool = False
     ) -> DataLoader:
         return DataLoader(
-            DetectionDataset(dataset.records, transform),
+            DetectionDataset(dataset.records, transform, skip_unreadable=self.lenient),
             batch_size=batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,

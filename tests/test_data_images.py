@@ -189,3 +189,29 @@ def test_one_suffix_list_serves_readers_and_prediction(tmp_path):
     files, _ = find_images(tmp_path)
     assert sorted(p.name for p in files) == expected
     assert load_image(tmp_path / "img.webp").shape == (8, 8, 3)
+
+
+@pytest.mark.slow
+def test_kldet_train_on_a_truncated_image_strict_stops_lenient_skips_and_counts(
+    monkeypatch, capsys, caplog, tmp_path
+):
+    from kldet.cli.train import prepare_synthetic, train
+    from test_train import TINY, kldet_train, tiny_config
+
+    run = [*TINY, f"paths.data_dir={tmp_path}", "trainer.max_epochs=1", "test=false"]
+    cfg = tiny_config(tmp_path, tmp_path / "lenient", *run[len(TINY) + 1 :], "data.lenient=true")
+    prepare_synthetic(cfg.data.root, cfg.synthetic)
+    victim = sorted((tmp_path / "synthetic" / "train").glob("*.png"))[0]
+    cut(victim, victim.stat().st_size // 2)
+
+    with pytest.raises(SystemExit) as exit_info:
+        kldet_train(monkeypatch, *run, f"hydra.run.dir={tmp_path / 'strict'}")
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert f"kldet-train: error: image file {victim} cannot be decoded: truncated" in err
+    assert "Traceback" not in err
+
+    with caplog.at_level(logging.WARNING, logger="kldet"):
+        train(cfg)
+    messages = [r.getMessage() for r in caplog.records]
+    assert f"train epoch 0: skipped 1 unreadable image(s) (data.lenient=true): {victim.name}" in messages

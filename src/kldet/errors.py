@@ -18,7 +18,8 @@ class KLDetError(Exception):
 
 
 def _worker_message_removed(message: str, kind: type) -> str:
-    """The original message inside torch's "Caught X in DataLoader worker process N. Original Traceback..."."""
+    """The original message inside torch's "Caught X in DataLoader worker process N. Original
+    Traceback ..." wrapper; any other message as it is."""
     if not (message.startswith(_WORKER_PREFIX) and _WORKER_TRACEBACK in message):
         return message
     marker = f"{kind.__module__}.{kind.__qualname__}: "

@@ -42,7 +42,8 @@ class ExportConfig:
     image_size: int = option(800, "example input side: multiple of 32, >= 96; other such sizes run too")
     opset: int | None = option(
         None,
-        f"ONNX opset, {onnx_constants.ONNX_MIN_OPSET}..{onnx_constants.ONNX_MAX_OPSET} (default: the exporter's)",
+        f"ONNX opset, {onnx_constants.ONNX_MIN_OPSET}..{onnx_constants.ONNX_MAX_OPSET} "
+        "(default: the exporter's)",
     )
 
 

@@ -121,8 +121,8 @@ def _warn_exif_orientation(sources: list, file_names: list[str]) -> None:
     ]
     if rotated:
         logger.warning(
-            "%d input image(s) carry an EXIF orientation tag (first: %s, orientation %d); kldet ignores it, as "
-            "in training: boxes refer to the stored pixels, which EXIF-aware viewers show rotated",
+            "%d input image(s) carry an EXIF orientation tag (first: %s, orientation %d); kldet ignores it, "
+            "as in training: boxes refer to the stored pixels, which EXIF-aware viewers show rotated",
             len(rotated),
             *rotated[0],
         )

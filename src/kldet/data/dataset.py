@@ -83,7 +83,8 @@ class DetectionDataset(Dataset):
             if not self.skip_unreadable:
                 raise KLDetDataError(
                     f"{error} (found while loading a batch; `kldet-data check ... decode=true` or "
-                    "data.decode_check=true finds every such file before training, data.lenient=true skips them)"
+                    "data.decode_check=true finds every such file before training, "
+                    "data.lenient=true skips them)"
                 ) from None
             self._unreadable.add(index)
             logger.warning("%s: skipped (lenient), the next readable image takes its place", error)

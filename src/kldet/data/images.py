@@ -84,7 +84,7 @@ def _exif_orientation(image: Image.Image) -> int:
 
 
 def truncation(data: bytes) -> str | None:
-    """Why the JPEG or PNG file content ``data`` is cut short, or None when it is complete (or another format).
+    """Why the JPEG or PNG file content ``data`` is cut short; None when complete or another format.
 
     A JPEG is complete when an end-of-image marker follows its last start-of-scan marker (entropy-coded
     data cannot contain ``FF D9``, so trailing bytes after the marker are fine); a PNG when its chunk

@@ -205,7 +205,8 @@ def check_image(
             log.add("undecodable_image", file, record, str(error), "image")
             return None
         if pixels.shape[:2] != (height, width):
-            message = f"image file {path} decodes to {pixels.shape[1]}x{pixels.shape[0]}, its header says {width}x{height}"
+            decoded = f"{pixels.shape[1]}x{pixels.shape[0]}"
+            message = f"image file {path} decodes to {decoded}, its header says {width}x{height}"
             log.add("undecodable_image", file, record, message, "image")
             return None
     return width, height

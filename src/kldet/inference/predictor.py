@@ -183,7 +183,8 @@ class Predictor:
             yield source, detections
 
     def _warn_on_scale(self, sources: Iterable[Source]) -> Iterator[Source]:
-        """``sources``, logging once when ``resize`` is unset and one is larger than training's ``max_size``."""
+        """``sources``, with one warning when ``resize`` is unset and one is larger than training's
+        ``max_size``."""
         max_size, warned = self.train_max_size, self.resize is not None
         for source in sources:
             if not warned and max_size is not None and max(source.height, source.width) > max_size:

@@ -191,7 +191,6 @@ def test_one_suffix_list_serves_readers_and_prediction(tmp_path):
     assert load_image(tmp_path / "img.webp").shape == (8, 8, 3)
 
 
-@pytest.mark.slow
 def test_kldet_train_on_a_truncated_image_strict_stops_lenient_skips_and_counts(
     monkeypatch, capsys, caplog, tmp_path
 ):

@@ -108,6 +108,10 @@ def test_lenient_dataset_skips_counts_and_replaces_unreadable_images(tmp_path, c
     assert [target["skipped_file"] for _, target in samples] == [None, "1.jpg", None, "1.jpg"]
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 1 and "1.jpg cannot be decoded: truncated" in warnings[0]
+    # In a DataLoader worker the targets carry the skipped file back to the main process.
+    loader = DataLoader(dataset, batch_size=3, num_workers=1, collate_fn=collate)
+    ((_, targets),) = list(loader)
+    assert [t["skipped_file"] for t in targets] == [None, "1.jpg", None]
     for record in records:
         cut(record.image_path, 100)
     with pytest.raises(KLDetDataError, match="none of the 3 images of the data set can be decoded"):

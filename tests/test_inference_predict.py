@@ -368,3 +368,13 @@ def test_kldet_predict_says_once_that_exif_orientation_is_ignored(checkpoint, tm
     assert "2 input image(s) carry an EXIF orientation tag (first: a.jpg, orientation 6)" in message
     images = json.loads((tmp_path / "out" / "images.json").read_text())["images"]
     assert [(i["width"], i["height"]) for i in images] == [(60, 40), (60, 40)]  # the stored pixels
+
+
+def test_kldet_predict_names_a_truncated_image_in_one_line(checkpoint, tmp_path, capsys):
+    write_images(tmp_path / "in")
+    scene = tmp_path / "in" / "sub" / "scene.jpg"
+    scene.write_bytes(scene.read_bytes()[:-200])
+    assert predict_main(predict_args(checkpoint, tmp_path)) == 1
+    err = capsys.readouterr().err
+    assert f"kldet-predict: image file {scene} cannot be decoded: truncated" in err
+    assert "Traceback" not in err and err.count("\n") == 1

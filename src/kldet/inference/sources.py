@@ -49,9 +49,9 @@ class ImageFile:
         try:
             self.width, self.height, self.exif_orientation = read_header(self.path)
         except FileNotFoundError:
-            raise KLDetDataError(f"{self.path}: image file not found") from None
+            raise KLDetDataError(f"image file {self.path} not found") from None
         except KLDetDataError as error:
-            raise KLDetDataError(f"{self.path}: not a readable image ({error})") from None
+            raise KLDetDataError(f"image file {self.path}: {error}") from None
         self._pixels: np.ndarray | None = None
 
     def read(self, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:

@@ -52,6 +52,30 @@ def test_check_lists_every_problem_and_exits_1(synthetic_root, tmp_path, capsys)
     assert "images: 2" in out  # the good images are still described
 
 
+def test_check_with_decode_finds_a_truncated_image_that_the_header_check_passes(
+    synthetic_root, tmp_path, capsys
+):
+    images = tmp_path / "train"
+    images.mkdir()
+    for path in (synthetic_root / "train").glob("*.png"):
+        (images / path.name).write_bytes(path.read_bytes())
+    victim = sorted(images.glob("*.png"))[0]
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    args = [
+        "check",
+        "format=aitod",
+        f"ann={synthetic_root / 'annotations' / 'train.json'}",
+        f"images={images}",
+    ]
+    assert main(args) == 0
+    assert main([*args, "decode=true"]) == 1
+    out = capsys.readouterr().out
+    assert "1 problem(s)" in out and "[undecodable_image]" in out
+    assert f"{victim.name} cannot be decoded: truncated: the PNG data ends before its IEND chunk" in out
+    assert "undecodable_image: the pixel data cannot be decoded" in out
+    assert "the image header cannot be read" not in out
+
+
 def test_check_dior_and_coco(tmp_path, capsys):
     assert main(["synth", f"out={tmp_path}", "num_images=2", "seed=3", "image_size=128", "format=dior"]) == 0
     assert main(["check", "format=dior", f"root={tmp_path}", "split=train"]) == 0
@@ -80,6 +104,7 @@ def test_check_dior_and_coco(tmp_path, capsys):
         (["convert"], 2, "unknown command 'convert'"),
         ([], 2, "kldet-data synth out=DIR"),
         (["--help"], 0, "kldet-data check format=dior root=DIR split=NAME"),
+        (["--help"], 0, "add decode=true to decode every image"),
         (["synth", "--help"], 0, "val_fraction"),
         (["check", "-h"], 0, "decode every image"),
     ],

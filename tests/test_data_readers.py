@@ -242,7 +242,8 @@ def test_header_check_does_not_decode_but_decode_option_does(coco_root):
     ann_file = write_json(coco_root, coco_dict())
     assert len(read_aitod(ann_file, coco_root / "images").records) == 2
     dataset = read_aitod(ann_file, coco_root / "images", strict=False, decode=True)
-    assert [p.kind for p in dataset.problems] == ["corrupt_image"]
+    assert [p.kind for p in dataset.problems] == ["undecodable_image"]
+    assert "b.png cannot be decoded: truncated" in str(dataset.problems[0])
 
 
 def test_check_box_policy():

@@ -96,3 +96,23 @@ def test_export_rejects_bad_sizes_formats_and_keys(model, tmp_path, capsys):
     assert "missing required out=..." in capsys.readouterr().err
     assert export_main(["ckpt=missing.ckpt", "format=onnx", "out=y.onnx"]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["format=onnx", "image_size=100"], "image_size=100: must be a positive multiple of 32"),
+        (["format=onnx", "image_size=0"], "image_size=0: must be a positive multiple of 32"),
+        (["format=torchscript", "opset=17"], "opset=17: only format=onnx takes an opset"),
+        (["format=onnx", "opset=99"], "opset=99: this torch exports ONNX opsets "),
+        (["format=onnx", "out={tmp}"], "is a folder; give the file to write"),
+        (["format=onnx", "out={tmp}/file.txt/model.onnx"], "exists and is not a folder"),
+    ],
+)
+def test_kldet_export_checks_its_keys_before_loading(model, tmp_path, capsys, monkeypatch, args, message):
+    (tmp_path / "file.txt").write_text("a file")
+    monkeypatch.setattr("kldet.cli.export.load_detector", lambda *a: pytest.fail("checkpoint loaded"))
+    argv = ["ckpt=x.ckpt", f"out={tmp_path / 'm.onnx'}", *(a.format(tmp=tmp_path) for a in args)]
+    assert export_main(argv) == 1
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err

@@ -1,6 +1,7 @@
 """Checkpoint loading, the Predictor on a real (tiny, random) KLDet, and kldet-predict in-process."""
 
 import json
+import logging
 import warnings
 
 import numpy as np
@@ -11,9 +12,11 @@ from torchvision.ops import box_iou
 
 from kldet.checkpoint import load_detector, save_detector
 from kldet.cli.predict import main as predict_main
-from kldet.errors import KLDetError
+from kldet.data.transforms import DetectionTransform
+from kldet.errors import KLDetConfigError, KLDetError
 from kldet.inference.predictor import Predictor
 from kldet.inference.render import save_image
+from kldet.inference.sources import ArraySource
 from kldet.inference.tiling import make_tiles
 from kldet.model import KLDet
 
@@ -224,3 +227,154 @@ def test_kldet_predict_geotiff_writes_geojson(checkpoint, tmp_path):
     ring = collection["features"][0]["geometry"]["coordinates"][0]
     assert ring[0] == pytest.approx([300_000 + 2 * x, 5_000_000 - 2 * y], abs=0.05)
     assert ring[2] == pytest.approx([300_000 + 2 * (x + w), 5_000_000 - 2 * (y + h)], abs=0.05)
+
+
+def predict_args(checkpoint, tmp_path, *extra):
+    return [f"ckpt={checkpoint}", f"input={tmp_path / 'in'}", f"output={tmp_path / 'out'}", "tile_size=96",
+            "progress=false", *extra]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["tile_size=16"], "tile_size=16: this network takes tiles of at least 96 px"),
+        (["score_thresh=1.5"], "score_thresh=1.5: must be in [0, 1]"),
+        (["score_thresh=-1"], "score_thresh=-1.0: must be in [0, 1]"),
+        (["nms_thresh=2"], "nms_thresh=2.0: must be in [0, 1]"),
+        (["max_detections=0"], "max_detections=0: must be at least 1"),
+        (["resize=big"], "resize=big: use none, train or a longer side in pixels"),
+        (["resize=0"], "resize=0: use none, train"),
+    ],
+)
+def test_kldet_predict_rejects_values_out_of_range_before_inference(
+    checkpoint, tmp_path, capsys, monkeypatch, extra, message
+):
+    write_images(tmp_path / "in")
+    monkeypatch.setattr(Predictor, "predict_sources", lambda *a, **k: pytest.fail("inference ran"))
+    assert predict_main(predict_args(checkpoint, tmp_path, *extra)) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_kldet_predict_checks_the_output_folder_before_inference(checkpoint, tmp_path, capsys, monkeypatch):
+    write_images(tmp_path / "in")
+    monkeypatch.setattr(Predictor, "predict_sources", lambda *a, **k: pytest.fail("inference ran"))
+    (tmp_path / "taken").write_text("a file")
+    for output, message in [
+        (tmp_path / "taken", "exists and is not a folder"),
+        (tmp_path / "taken" / "sub", "cannot write there"),
+    ]:
+        assert predict_main([*predict_args(checkpoint, tmp_path), f"output={output}"]) == 1
+        err = capsys.readouterr().err
+        assert f"kldet-predict: output={output}: {message}" in err and err.count("\n") == 1
+
+
+def test_kldet_predict_summary_counts_images_boxes_and_images_without_boxes(checkpoint, tmp_path, capsys):
+    write_images(tmp_path / "in")
+    assert predict_main(predict_args(checkpoint, tmp_path)) == 0
+    records = json.loads((tmp_path / "out" / "results.json").read_text())
+    images = json.loads((tmp_path / "out" / "images.json").read_text())["images"]
+    empty = sum(not any(r["image_id"] == image["id"] for r in records) for image in images)
+    assert f"2 image(s), {len(records)} box(es), {empty} image(s) without boxes" in capsys.readouterr().err
+    # No score reaches 1 (classification x centerness), so every image comes back empty.
+    assert predict_main(predict_args(checkpoint, tmp_path, "score_thresh=1.0")) == 0
+    assert "2 image(s), 0 box(es), 2 image(s) without boxes" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def small_scale_checkpoint(tmp_path_factory):
+    """Trained (so to speak) with images resized to a longer side of 64 px."""
+    path = tmp_path_factory.mktemp("ckpt64") / "m.ckpt"
+    preprocess = {"mean": list(MEAN), "std": list(STD), "size_divisor": 32, "max_size": 64}
+    return save_detector(path, tiny_model(), TINY, CLASSES, CATEGORY_IDS, preprocess)
+
+
+@pytest.mark.parametrize(("resize", "longer_side"), [("train", 64), (50, 50), (200, 200)])
+def test_resize_predicts_as_the_evaluation_pipeline_does(small_scale_checkpoint, resize, longer_side):
+    predictor = Predictor.from_checkpoint(small_scale_checkpoint, tile_size=256, resize=resize)
+    rgb = np.random.default_rng(4).integers(0, 256, (100, 150, 3), dtype=np.uint8)
+    ours = predictor.predict_image(rgb)
+    # The second implementation: evaluation's transform, and the model mapping boxes back by its scale.
+    tensor, _, _, scale = DetectionTransform(longer_side, mean=MEAN, std=STD)(rgb, np.zeros((0, 4)), [])
+    height, width = tensor.shape[1:]
+    assert max(height, width) == longer_side
+    padded = torch.zeros(1, 3, -(-height // 32) * 32, -(-width // 32) * 32)
+    padded[0, :, :height, :width] = tensor
+    (reference,) = predictor.model.predict(padded, image_sizes=[(height, width)], scale_factors=[scale])
+    assert len(reference["boxes"]) > 0
+    torch.testing.assert_close(ours["boxes"], reference["boxes"], atol=1e-3, rtol=0)
+    torch.testing.assert_close(ours["scores"], reference["scores"], atol=1e-5, rtol=0)
+    assert (ours["boxes"][:, 2] <= 150 + 1e-3).all() and (ours["boxes"][:, 3] <= 100 + 1e-3).all()
+
+
+def test_native_scale_larger_than_training_warns_once_with_the_numbers(small_scale_checkpoint, caplog):
+    predictor = Predictor.from_checkpoint(small_scale_checkpoint, tile_size=96)
+    # The warning concerns the images, not the network: a stub detector keeps this fast.
+    empty = {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)}
+    predictor.detect_tiles = lambda tiles: [empty] * len(tiles)
+    large = [np.zeros((100, 150, 3), np.uint8), np.zeros((90, 90, 3), np.uint8)]
+    small = np.zeros((40, 64, 3), np.uint8)
+    for resize, images, warnings_expected in [
+        (None, large, 1),
+        (None, [small], 0),
+        ("none", large, 0),
+        ("train", large, 0),
+    ]:
+        predictor.resize = resize
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="kldet.inference.predictor"):
+            list(predictor.predict_sources([ArraySource(image) for image in images]))
+        assert len(caplog.records) == warnings_expected, resize
+    predictor.resize = None
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="kldet.inference.predictor"):
+        list(predictor.predict_sources([ArraySource(large[0])]))
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert "150x100 px, predicted at native scale" in message
+    assert "longer side was 64 px" in message and "scaled by 0.427" in message
+    assert "resize=train" in message and "resize=none" in message
+
+
+def test_training_scale_is_recorded_and_resize_train_needs_it(tmp_path):
+    from kldet.lit import KLDetModule
+
+    model = {k: v for k, v in TINY.items() if k != "num_classes"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        for max_size, policy in [(800, {"resize": "longer_side", "max_size": 800}),
+                                 (None, {"resize": "none", "max_size": None})]:  # fmt: skip
+            module = KLDetModule(model, CLASSES, preprocess={"mean": list(MEAN), "max_size": max_size})
+            assert module.hparams["preprocess"] == {"mean": list(MEAN), **policy}
+    # A checkpoint from before "resize" existed: its max_size meant the same resize.
+    old = save_detector(tmp_path / "old.ckpt", tiny_model(), TINY, CLASSES, preprocess={"max_size": 512})
+    assert Predictor.from_checkpoint(old).train_resize == {"resize": "longer_side", "max_size": 512}
+    bare = save_detector(tmp_path / "bare.ckpt", tiny_model(), TINY, CLASSES)
+    with pytest.raises(KLDetConfigError, match="resize=train: the checkpoint does not record"):
+        Predictor.from_checkpoint(bare, resize="train")
+    assert Predictor.from_checkpoint(bare, resize=96).input_size(100, 200) == (48, 96)
+
+
+def test_kldet_predict_says_once_that_exif_orientation_is_ignored(checkpoint, tmp_path, caplog):
+    from PIL import Image
+
+    (tmp_path / "in").mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    for name in ("a.jpg", "b.jpg"):
+        Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(tmp_path / "in" / name, exif=exif)
+    with caplog.at_level(logging.WARNING, logger="kldet.cli.predict"):
+        assert predict_main(predict_args(checkpoint, tmp_path, "render=false")) == 0
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert "2 input image(s) carry an EXIF orientation tag (first: a.jpg, orientation 6)" in message
+    images = json.loads((tmp_path / "out" / "images.json").read_text())["images"]
+    assert [(i["width"], i["height"]) for i in images] == [(60, 40), (60, 40)]  # the stored pixels
+
+
+def test_kldet_predict_names_a_truncated_image_in_one_line(checkpoint, tmp_path, capsys):
+    write_images(tmp_path / "in")
+    scene = tmp_path / "in" / "sub" / "scene.jpg"
+    scene.write_bytes(scene.read_bytes()[:-200])
+    assert predict_main(predict_args(checkpoint, tmp_path)) == 1
+    err = capsys.readouterr().err
+    assert f"kldet-predict: image file {scene} cannot be decoded: truncated" in err
+    assert "Traceback" not in err and err.count("\n") == 1

@@ -252,7 +252,7 @@ class KLDetDataModule(L.LightningDataModule):
         self, records: list[Record], transform: DetectionTransform, batch_size: int, shuffle: bool = False
     ) -> DataLoader:
         return DataLoader(
-            DetectionDataset(records, transform),
+            DetectionDataset(records, transform, skip_unreadable=self.lenient),
             batch_size=batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,

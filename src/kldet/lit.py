@@ -8,6 +8,7 @@ steps, the SGD parameter groups and the warm-up + multi-step learning-rate sched
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
 import warnings
@@ -22,7 +23,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor, nn
 
 from kldet.checkpoint import load_detector
-from kldet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from kldet.data.transforms import IMAGENET_MEAN, IMAGENET_STD, recorded_resize_policy
 from kldet.errors import KLDetConfigError, KLDetError
 from kldet.evaluation import DetectionMetric
 from kldet.inference.render import draw_detections
@@ -45,6 +46,8 @@ DEFAULT_OPTIM: dict[str, Any] = {
     "auto_scale_lr": False,
     "base_batch_size": 2,
 }
+
+log = logging.getLogger(__name__)
 
 WARMUP_KINDS = ("constant", "linear", "none")
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
@@ -163,6 +166,11 @@ def draw_validation_image(
     return torch.from_numpy(np.concatenate(panels, axis=1)).permute(2, 0, 1)
 
 
+def _with_resize_policy(preprocess: dict[str, Any]) -> dict[str, Any]:
+    """``preprocess`` with the ``"resize"`` its ``"max_size"`` means, unless it already states one."""
+    return {**preprocess, **(recorded_resize_policy(preprocess) or {})}
+
+
 def _plain(value: Any) -> Any:
     """OmegaConf containers to plain dicts and lists (checkpoints must load without OmegaConf)."""
     if isinstance(value, DictConfig | ListConfig):
@@ -184,7 +192,8 @@ class KLDetModule(L.LightningModule):
         optim: overrides of :data:`DEFAULT_OPTIM` (unknown keys are an error).
         metric: "aitod", "coco" or "voc" — which :class:`~kldet.evaluation.DetectionMetric` to use.
         preprocess: ``{"mean", "std", "size_divisor", "max_size"}`` the data module applied, kept in
-            the checkpoint so inference can repeat it.
+            the checkpoint so inference can repeat it; ``"resize"`` is added from ``max_size``
+            (:func:`kldet.data.transforms.resize_policy`), so the checkpoint states the training scale.
         num_logged_images: validation images drawn with predicted and true boxes for the loggers.
 
     Batches are ``(images (B, 3, H, W), targets)`` as made by :func:`kldet.data.collate`.
@@ -221,13 +230,15 @@ class KLDetModule(L.LightningModule):
                 "category_ids": list(_plain(category_ids)) if category_ids is not None else None,
                 "optim": {**DEFAULT_OPTIM, **optim},
                 "metric": metric,
-                "preprocess": _plain(preprocess) if preprocess is not None else None,
+                "preprocess": _with_resize_policy(_plain(preprocess)) if preprocess is not None else None,
                 "num_logged_images": num_logged_images,
             }
         )
         self.model = KLDet(**self.hparams["model"])
         self.val_metric = DetectionMetric(metric, classes)
         self.test_metric = DetectionMetric(metric, classes)
+        # Unreadable files the data sets skipped this epoch, by stage (lenient loading only).
+        self._skipped_files: dict[str, set[str]] = {"train": set(), "val": set(), "test": set()}
 
     @classmethod
     def from_checkpoint(
@@ -261,6 +272,7 @@ class KLDetModule(L.LightningModule):
 
     def training_step(self, batch: tuple[Tensor, list[dict[str, Any]]], batch_idx: int) -> Tensor:
         images, targets = batch
+        self._note_skipped(targets, "train")
         losses = self.model.loss(images, [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets])
         loss = sum(losses.values())
         if not torch.isfinite(loss):
@@ -303,12 +315,14 @@ class KLDetModule(L.LightningModule):
 
     def validation_step(self, batch: tuple[Tensor, list[dict[str, Any]]], batch_idx: int) -> None:
         images, targets = batch
+        self._note_skipped(targets, "val")
         predictions = self._update_metric(self.val_metric, images, targets)
         if batch_idx == 0 and not self.trainer.sanity_checking:
             self._log_images(images, targets, predictions)
 
     def test_step(self, batch: tuple[Tensor, list[dict[str, Any]]], batch_idx: int) -> None:
         images, targets = batch
+        self._note_skipped(targets, "test")
         self._update_metric(self.test_metric, images, targets)
 
     def predict_step(
@@ -322,11 +336,33 @@ class KLDetModule(L.LightningModule):
             for prediction, t in zip(predictions, targets, strict=True)
         ]
 
+    def on_train_epoch_end(self) -> None:
+        self._report_skipped("train")
+
     def on_validation_epoch_end(self) -> None:
+        self._report_skipped("val")
         self._log_metric(self.val_metric, "val")
 
     def on_test_epoch_end(self) -> None:
+        self._report_skipped("test")
         self._log_metric(self.test_metric, "test")
+
+    def _note_skipped(self, targets: Sequence[Mapping[str, Any]], stage: str) -> None:
+        self._skipped_files[stage].update(t["skipped_file"] for t in targets if t.get("skipped_file"))
+
+    def _report_skipped(self, stage: str) -> None:
+        """Logs how many unreadable images the ``stage`` data set skipped this epoch (lenient loading)."""
+        skipped = sorted(self._skipped_files[stage])
+        if skipped:
+            shown = ", ".join(skipped[:5]) + (", ..." if len(skipped) > 5 else "")
+            log.warning(
+                "%s epoch %d: skipped %d unreadable image(s) (data.lenient=true): %s",
+                stage,
+                self.current_epoch,
+                len(skipped),
+                shown,
+            )
+        self._skipped_files[stage].clear()
 
     def _log_metric(self, metric: DetectionMetric, stage: str) -> None:
         # compute() gathers over DDP ranks itself, so the values are already global.

@@ -4,6 +4,8 @@ kldet-data synth out=DIR num_images=N seed=S [image_size=512] [format=aitod|dior
 kldet-data check format=aitod ann=FILE images=DIR      (or format=aitod root=DIR split=NAME)
 kldet-data check format=dior root=DIR split=NAME
 kldet-data check format=coco ann=FILE images=DIR
+    check reads image headers only; add decode=true to decode every image as training does and find
+    truncated or corrupt files (kldet-train: data.decode_check=true; data.lenient=true skips bad images)
 """
 
 from __future__ import annotations
@@ -60,7 +62,9 @@ class CheckConfig:
     images: str | None = option(None, "image folder (aitod, coco)")
     root: str | None = option(None, "data set root (aitod, dior)")
     split: str | None = option(None, "split name under root (aitod, dior)")
-    decode: bool = option(False, "decode every image to find corrupt files (slower)")
+    decode: bool = option(
+        False, "decode every image as training does, to find truncated or corrupt files (slower)"
+    )
     difficult: str = option(
         "object", "dior: VOC difficult objects count as objects (object) or are ignored (ignore)"
     )

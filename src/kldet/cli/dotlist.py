@@ -7,8 +7,10 @@ required key (default ``omegaconf.MISSING``) left out is one clear :class:`kldet
 import dataclasses
 import enum
 import sys
+import tempfile
 import typing
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TypeVar
 
 from omegaconf import MISSING, OmegaConf
@@ -63,6 +65,23 @@ def parse_dotlist(
     except OmegaConfBaseException as error:
         message = str(error).splitlines()[0]
         raise KLDetConfigError(f"{message} (see {prog} --help)") from None
+
+
+def check_writable_folder(key: str, folder: Path) -> None:
+    """Creates ``folder`` and writes a probe file there, so that an output the user named ``key=`` that
+    cannot be written fails before any compute.
+
+    Raises:
+        KLDetConfigError: ``folder`` is a file, or cannot be created or written.
+    """
+    if folder.exists() and not folder.is_dir():
+        raise KLDetConfigError(f"{key}={folder}: exists and is not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise KLDetConfigError(f"{key}={folder}: cannot write there ({error.strerror or error})") from None
 
 
 def run_dotlist_cli(

@@ -17,10 +17,12 @@ import sys
 from pathlib import Path
 
 from omegaconf import MISSING
+from torch.onnx import _constants as onnx_constants
 
 from kldet.checkpoint import load_detector
-from kldet.cli.dotlist import option, run_dotlist_cli
+from kldet.cli.dotlist import check_writable_folder, option, run_dotlist_cli
 from kldet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from kldet.errors import KLDetConfigError
 from kldet.inference.export import export_model, output_names
 
 
@@ -38,11 +40,32 @@ class ExportConfig:
     format: ExportFormat = option(MISSING, "torchscript, onnx or pt2 (torch.export)")
     out: str = option(MISSING, "file to write")
     image_size: int = option(800, "example input side: multiple of 32, >= 96; other such sizes run too")
-    opset: int | None = option(None, "ONNX opset (default: the exporter's)")
+    opset: int | None = option(
+        None,
+        f"ONNX opset, {onnx_constants.ONNX_MIN_OPSET}..{onnx_constants.ONNX_MAX_OPSET} "
+        "(default: the exporter's)",
+    )
+
+
+def _check(config: ExportConfig) -> None:
+    """Settings that cannot work, as one message before the checkpoint is loaded."""
+    if config.image_size < 32 or config.image_size % 32:
+        raise KLDetConfigError(f"image_size={config.image_size}: must be a positive multiple of 32")
+    if config.opset is not None:
+        if config.format is not ExportFormat.onnx:
+            raise KLDetConfigError(f"opset={config.opset}: only format=onnx takes an opset")
+        low, high = onnx_constants.ONNX_MIN_OPSET, onnx_constants.ONNX_MAX_OPSET
+        if not low <= config.opset <= high:
+            raise KLDetConfigError(f"opset={config.opset}: this torch exports ONNX opsets {low}..{high}")
+    out = Path(config.out)
+    if out.is_dir():
+        raise KLDetConfigError(f"out={out}: is a folder; give the file to write")
+    check_writable_folder("out", out.parent)
 
 
 def export(config: ExportConfig) -> Path:
     """Export as an :class:`ExportConfig` says; returns the written model path."""
+    _check(config)
     model, meta = load_detector(config.ckpt)
     path = export_model(
         model,

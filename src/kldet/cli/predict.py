@@ -5,7 +5,9 @@ Usage::
     kldet-predict ckpt=last.ckpt input=scenes/ output=predictions/ [key=value ...]
 
 ``input`` is an image, a folder (searched recursively) or a glob (quote it). Images keep their native
-resolution; anything larger than ``tile_size`` is cut into overlapping tiles. ``output`` receives
+resolution unless ``resize=train`` (scale them as training did) or ``resize=N`` (longer side N px);
+anything larger than ``tile_size`` is then cut into overlapping tiles. EXIF orientation is ignored, as
+in training: boxes refer to the stored pixels. ``output`` receives
 ``results.json`` (COCO results list), ``images.json`` (the matching COCO images/categories), ``rendered/``
 (images with boxes) and, for georeferenced GeoTIFFs, ``geojson/`` (boxes in the image's CRS).
 Run ``kldet-predict --help`` for every key.
@@ -13,6 +15,7 @@ Run ``kldet-predict --help`` for every key.
 
 import dataclasses
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -20,15 +23,17 @@ import torch
 from omegaconf import MISSING
 from tqdm import tqdm
 
-from kldet.cli.dotlist import option, run_dotlist_cli
+from kldet.cli.dotlist import check_writable_folder, option, run_dotlist_cli
 from kldet.errors import KLDetConfigError
+from kldet.inference.export import smallest_input_size
 from kldet.inference.geo import detections_to_geojson
-from kldet.inference.predictor import Predictor
+from kldet.inference.predictor import RESIZE_MODES, Predictor
 from kldet.inference.render import draw_detections, save_image
 from kldet.inference.results import detections_to_coco, image_ids_from_coco, write_results
-from kldet.inference.sliced import tile_count
 from kldet.inference.sources import find_images, open_image
 from kldet.inference.tiling import overlap_pixels
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -40,13 +45,17 @@ class PredictConfig:
     output: str = option(MISSING, "output folder")
     device: str = option("cpu", "cpu, cuda or cuda:N")
     batch_size: int = option(4, "tiles per forward pass")
-    tile_size: int = option(800, "tile side in pixels")
-    overlap: float = option(0.2, "tile overlap, fraction of tile_size")
-    score_thresh: float | None = option(None, "minimum score (default: the checkpoint's)")
+    tile_size: int = option(800, "tile side in pixels, >= 96 for P2-P6 (the network's smallest input)")
+    overlap: float = option(0.2, "tile overlap, fraction of tile_size in [0, 1)")
+    score_thresh: float | None = option(None, "minimum score in [0, 1] (default: the checkpoint's)")
     nms_thresh: float | None = option(
-        None, "class-wise NMS IoU within and across tiles (default: the checkpoint's)"
+        None, "class-wise NMS IoU in [0, 1] within and across tiles (default: the checkpoint's)"
     )
-    max_detections: int | None = option(None, "keep at most this many boxes per image (default: all)")
+    max_detections: int | None = option(None, "keep at most this many boxes per image, >= 1 (default: all)")
+    resize: str | None = option(
+        None,
+        "none, train (scale as training did) or a longer side in px (default: native, warns on a mismatch)",
+    )
     coco_gt: str | None = option(None, "COCO annotation file whose image ids the results should use")
     render: bool = option(True, "write images with boxes to output/rendered")
     render_labels: bool = option(True, "write class and score by each box")
@@ -75,6 +84,15 @@ def _check(config: PredictConfig) -> None:
         raise KLDetConfigError(
             f"batch_size={config.batch_size} box_width={config.box_width}: must be positive"
         )
+    for key in ("score_thresh", "nms_thresh"):
+        value = getattr(config, key)
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise KLDetConfigError(f"{key}={value}: must be in [0, 1]")
+    if config.max_detections is not None and config.max_detections < 1:
+        raise KLDetConfigError(
+            f"max_detections={config.max_detections}: must be at least 1 (leave it unset to keep all boxes)"
+        )
+    _resize_value(config.resize)
     try:
         device = torch.device(config.device)
     except RuntimeError as error:
@@ -83,11 +101,55 @@ def _check(config: PredictConfig) -> None:
         raise KLDetConfigError(f"device={config.device}: CUDA is not available here (use device=cpu)")
 
 
-def predict(config: PredictConfig) -> Path:
-    """Run the prediction a :class:`PredictConfig` describes; returns the results.json path."""
+def _resize_value(resize: str | None) -> str | int | None:
+    """``resize=`` as :class:`Predictor` takes it: None, "none", "train" or a positive int."""
+    if resize is None or resize in RESIZE_MODES:
+        return resize
+    if resize.isdigit() and int(resize) > 0:
+        return int(resize)
+    raise KLDetConfigError(
+        f"resize={resize}: use none, train or a longer side in pixels (a positive integer)"
+    )
+
+
+def _warn_exif_orientation(sources: list, file_names: list[str]) -> None:
+    """One line when inputs carry an EXIF orientation, which kldet ignores (as in training)."""
+    rotated = [
+        (name, s.exif_orientation)
+        for name, s in zip(file_names, sources, strict=True)
+        if getattr(s, "exif_orientation", 1) != 1
+    ]
+    if rotated:
+        logger.warning(
+            "%d input image(s) carry an EXIF orientation tag (first: %s, orientation %d); kldet ignores it, "
+            "as in training: boxes refer to the stored pixels, which EXIF-aware viewers show rotated",
+            len(rotated),
+            *rotated[0],
+        )
+
+
+@dataclasses.dataclass
+class PredictSummary:
+    """What a kldet-predict run wrote and found."""
+
+    results: Path
+    images: int
+    boxes: int
+    images_without_boxes: int
+
+    def __str__(self) -> str:
+        return (
+            f"wrote {self.results} and {self.results.with_name('images.json')}: {self.images} image(s), "
+            f"{self.boxes} box(es), {self.images_without_boxes} image(s) without boxes"
+        )
+
+
+def predict(config: PredictConfig) -> PredictSummary:
+    """Run the prediction a :class:`PredictConfig` describes."""
     _check(config)
     output = Path(config.output)
     files, root = find_images(config.input, exclude=output)
+    check_writable_folder("output", output)
     gt_ids = image_ids_from_coco(config.coco_gt) if config.coco_gt else None
     predictor = Predictor.from_checkpoint(
         config.ckpt,
@@ -98,11 +160,19 @@ def predict(config: PredictConfig) -> Path:
         overlap=config.overlap,
         batch_size=config.batch_size,
         max_detections=config.max_detections,
+        resize=_resize_value(config.resize),
     )
+    smallest = smallest_input_size(predictor.model)
+    if config.tile_size < smallest:
+        raise KLDetConfigError(
+            f"tile_size={config.tile_size}: this network takes tiles of at least {smallest} px "
+            f"(its coarsest stride is {predictor.model.strides[-1]})"
+        )
     sources = [open_image(path) for path in files]
     file_names = [path.relative_to(root).as_posix() for path in files]
-    images, records = [], []
-    total = tile_count(sources, config.tile_size, config.overlap)
+    _warn_exif_orientation(sources, file_names)
+    images, records, without_boxes = [], [], 0
+    total = predictor.tile_count(sources)
     with tqdm(total=total, unit="tile", disable=not config.progress, file=sys.stderr) as bar:
         for index, (source, detections) in enumerate(predictor.predict_sources(sources, on_batch=bar.update)):
             file_name = file_names[index]  # sources come back in input order
@@ -114,6 +184,7 @@ def predict(config: PredictConfig) -> Path:
                 detections, image_id, file_name, predictor.classes, predictor.category_ids
             )
             bar.set_postfix_str(f"{file_name}: {len(detections['boxes'])} boxes", refresh=False)
+            without_boxes += len(detections["boxes"]) == 0
             if config.render:
                 drawn = draw_detections(
                     source.read(0, 0, source.width, source.height),
@@ -137,15 +208,14 @@ def predict(config: PredictConfig) -> Path:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(json.dumps(collection))
     results_path, _ = write_results(output, images, records, predictor.classes, predictor.category_ids)
-    return results_path
+    return PredictSummary(results_path, len(images), len(records), without_boxes)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``kldet-predict key=value ...``; exits 1 with the message on a :class:`KLDetError`."""
 
     def action(config: PredictConfig) -> str:
-        results = predict(config)
-        return f"wrote {results} and {results.with_name('images.json')}"
+        return str(predict(config))
 
     return run_dotlist_cli(PredictConfig, argv, "kldet-predict", __doc__, action)
 

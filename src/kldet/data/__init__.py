@@ -2,15 +2,17 @@
 
 from kldet.data.aitod import AITOD_CLASSES, find_aitod_split, read_aitod
 from kldet.data.coco import read_coco, to_coco
-from kldet.data.dataset import DetectionDataset, collate, load_image
+from kldet.data.dataset import DetectionDataset, collate
 from kldet.data.dior import DIOR_CLASSES, read_dior, read_voc
 from kldet.data.folder import read_image_folder
+from kldet.data.images import IMAGE_SUFFIXES, load_image
 from kldet.data.records import DetectionSet, Problem, Record
 from kldet.data.transforms import IMAGENET_MEAN, IMAGENET_STD, DetectionTransform
 
 __all__ = [
     "AITOD_CLASSES",
     "DIOR_CLASSES",
+    "IMAGE_SUFFIXES",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "DetectionDataset",

@@ -2,35 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
-from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset, get_worker_info
 
+from kldet.data.images import load_image
 from kldet.data.records import Record
 from kldet.data.transforms import DetectionTransform
 from kldet.errors import KLDetDataError
 
-
-def load_image(path: str | Path) -> np.ndarray:
-    """(H, W, 3) uint8 RGB image decoded with OpenCV.
-
-    EXIF orientation is not applied: annotations refer to the stored pixels, as the header sizes
-    the readers check do.
-
-    Raises:
-        KLDetDataError: naming ``path``, when the file is missing or cannot be decoded.
-    """
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    if image is None:
-        reason = "not found" if not Path(path).is_file() else "cannot be decoded (corrupt or not an image)"
-        raise KLDetDataError(f"image file {path} {reason}")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+logger = logging.getLogger(__name__)
 
 
 class DetectionDataset(Dataset):
@@ -46,11 +32,25 @@ class DetectionDataset(Dataset):
       (M,) bool: the record's evaluation ground truth in original pixels (see :class:`Record`).
 
     An image without objects gives empty (0, 4) and (0,) tensors.
+
+    Readers check image headers only (unless asked to decode), so a truncated or corrupt file can first
+    fail here. By default that raises a :class:`~kldet.errors.KLDetDataError` naming the file. With
+    ``skip_unreadable`` the sample is replaced by the next readable record, each unreadable file is logged
+    once per process, and ``target["skipped_file"]`` names the requested file that was skipped (None
+    otherwise), for counting per epoch. Evaluation counts each image id once, so a replacement is not
+    evaluated twice.
     """
 
-    def __init__(self, records: Sequence[Record], transform: DetectionTransform | None = None):
+    def __init__(
+        self,
+        records: Sequence[Record],
+        transform: DetectionTransform | None = None,
+        skip_unreadable: bool = False,
+    ):
         self.records = list(records)
         self.transform = transform if transform is not None else DetectionTransform()
+        self.skip_unreadable = skip_unreadable
+        self._unreadable: set[int] = set()
         self._augmentation_seed: int | None = None
 
     def __len__(self) -> int:
@@ -58,13 +58,40 @@ class DetectionDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Tensor, dict]:
         self._seed_augmentation()
+        for offset in range(len(self.records)):
+            candidate = (index + offset) % len(self.records)
+            image = self._load(candidate)
+            if image is not None:
+                skipped = None if offset == 0 else self.records[index].image_path.name
+                return self._sample(self.records[candidate], image, skipped)
+        raise KLDetDataError(f"none of the {len(self.records)} images of the data set can be decoded")
+
+    def _load(self, index: int) -> np.ndarray | None:
+        """The record's (H, W, 3) pixels; None for a known or newly found unreadable file when skipping."""
+        if index in self._unreadable:
+            return None
         record = self.records[index]
-        image = load_image(record.image_path)
-        if image.shape[:2] != (record.height, record.width):
-            raise KLDetDataError(
-                f"image file {record.image_path} (image id {record.image_id}) is {image.shape[1]}x{image.shape[0]}, "
-                f"but was {record.width}x{record.height} when the data set was read"
-            )
+        try:
+            image = load_image(record.image_path)
+            if image.shape[:2] != (record.height, record.width):
+                raise KLDetDataError(
+                    f"image file {record.image_path} (image id {record.image_id}) is "
+                    f"{image.shape[1]}x{image.shape[0]}, but was {record.width}x{record.height} when the "
+                    "data set was read"
+                )
+        except KLDetDataError as error:
+            if not self.skip_unreadable:
+                raise KLDetDataError(
+                    f"{error} (found while loading a batch; `kldet-data check ... decode=true` or "
+                    "data.decode_check=true finds every such file before training, "
+                    "data.lenient=true skips them)"
+                ) from None
+            self._unreadable.add(index)
+            logger.warning("%s: skipped (lenient), the next readable image takes its place", error)
+            return None
+        return image
+
+    def _sample(self, record: Record, image: np.ndarray, skipped_file: str | None) -> tuple[Tensor, dict]:
         tensor, boxes, labels, scale = self.transform(image, record.boxes, record.labels)
         target = {
             "boxes": boxes,
@@ -78,6 +105,7 @@ class DetectionDataset(Dataset):
             "gt_labels": torch.from_numpy(record.gt_labels),
             "gt_areas": torch.from_numpy(record.gt_areas),
             "gt_ignore": torch.from_numpy(record.gt_ignore),
+            "skipped_file": skipped_file,
         }
         return tensor, target
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from kldet.data.folder import IMAGE_SUFFIXES
+from kldet.data.images import IMAGE_SUFFIXES
 from kldet.data.records import (
     DetectionSet,
     ProblemLog,

@@ -6,11 +6,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from kldet.data.images import IMAGE_SUFFIXES
 from kldet.data.records import DetectionSet, ProblemLog, Record, check_image
 from kldet.errors import KLDetDataError
-
-#: File suffixes taken for images (compared lower-case).
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 
 
 def read_image_folder(

@@ -24,18 +24,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
+from kldet.data.images import exif_rotation_hint, load_image, read_header
 from kldet.errors import KLDetDataError
 
 logger = logging.getLogger(__name__)
 
-#: What a reader can find wrong. Lenient loading drops the image for the first six kinds and the
+#: What a reader can find wrong. Lenient loading drops the image for the first seven kinds and the
 #: annotation for the last five; for ``duplicate_id`` it drops the later annotation or split-file
 #: line, and every COCO image entry sharing the id (their annotations cannot be told apart).
 PROBLEM_KINDS = {
     "missing_image": "the image file does not exist",
     "corrupt_image": "the image header cannot be read",
+    "undecodable_image": "the pixel data cannot be decoded (truncated or corrupt file)",
     "size_mismatch": "the annotated image size differs from the image file",
     "missing_annotation": "a VOC split lists an image without an XML file",
     "unreadable_annotation": "a VOC XML file cannot be parsed",
@@ -191,26 +192,6 @@ class ProblemLog:
         )
 
 
-def image_size(path: Path, decode: bool = False) -> tuple[int, int]:
-    """``(width, height)`` of an image, from its header only unless ``decode``.
-
-    Raises:
-        FileNotFoundError: no such file.
-        KLDetDataError: the file is not a readable image (message without the path).
-    """
-    try:
-        with Image.open(path) as image:
-            if decode:
-                image.load()
-            return image.size
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-        raise FileNotFoundError(path) from None
-    except UnidentifiedImageError:
-        raise KLDetDataError("not an image file PIL can identify") from None
-    except (OSError, SyntaxError, ValueError) as error:
-        raise KLDetDataError(f"corrupt image ({error})") from None
-
-
 def check_image(
     log: ProblemLog,
     file: Path,
@@ -219,31 +200,45 @@ def check_image(
     declared: tuple[int, int] | None,
     decode: bool,
 ) -> tuple[int, int] | None:
-    """The image's ``(width, height)``, or None after logging why the image cannot be used.
+    """The image's ``(width, height)`` from its header, or None after logging why the image cannot be used.
 
     Args:
         file: the annotation file the problem is reported against.
         record: how the problem names the record, e.g. ``"image id 7 (a.png)"``.
         declared: ``(width, height)`` the annotation states, checked against the header; None skips it.
+        decode: also decode the pixels with :func:`kldet.data.images.load_image`, the decoder training
+            uses (finds truncated and corrupt pixel data that the header check cannot).
     """
     try:
-        size = image_size(path, decode)
+        width, height, orientation = read_header(path)
     except FileNotFoundError:
         log.add("missing_image", file, record, f"image file {path} not found", "image")
         return None
     except KLDetDataError as error:
         log.add("corrupt_image", file, record, f"image file {path}: {error}", "image")
         return None
-    if declared is not None and tuple(declared) != size:
+    if declared is not None and tuple(declared) != (width, height):
+        hint = exif_rotation_hint(orientation, declared, (width, height))
         log.add(
             "size_mismatch",
             file,
             record,
-            f"annotated size {declared[0]}x{declared[1]} but image {path} is {size[0]}x{size[1]}",
+            f"annotated size {declared[0]}x{declared[1]} but image {path} is {width}x{height}{hint}",
             "image",
         )
         return None
-    return size
+    if decode:
+        try:
+            pixels = load_image(path)
+        except KLDetDataError as error:
+            log.add("undecodable_image", file, record, str(error), "image")
+            return None
+        if pixels.shape[:2] != (height, width):
+            decoded = f"{pixels.shape[1]}x{pixels.shape[0]}"
+            message = f"image file {path} decodes to {decoded}, its header says {width}x{height}"
+            log.add("undecodable_image", file, record, message, "image")
+            return None
+    return width, height
 
 
 def check_box(

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -18,6 +19,26 @@ from albumentations.pytorch import ToTensorV2  # noqa: E402
 #: Normalisation of 0..255 RGB input (ImageNet statistics, as torchvision's pretrained ResNets expect).
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
+
+
+def resize_policy(max_size: int | None) -> dict[str, str | int | None]:
+    """How :class:`DetectionTransform` ``(max_size)`` scales images, as checkpoints record it.
+
+    ``{"resize": "longer_side", "max_size": M}``: every image is scaled, up or down, so that its longer
+    side is M pixels, keeping the aspect ratio; ``{"resize": "none", "max_size": None}``: native pixels.
+    """
+    return {"resize": "longer_side" if max_size else "none", "max_size": max_size or None}
+
+
+def recorded_resize_policy(preprocess: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The :func:`resize_policy` a checkpoint's ``preprocess`` records: its own ``"resize"`` and
+    ``"max_size"``, or what ``"max_size"`` alone meant in checkpoints written before ``"resize"`` existed;
+    None when it records neither (a checkpoint written without preprocessing settings)."""
+    if "resize" in preprocess:
+        return {"resize": preprocess["resize"], "max_size": preprocess.get("max_size")}
+    if "max_size" in preprocess:
+        return resize_policy(preprocess["max_size"])
+    return None
 
 
 def resized_size(height: int, width: int, max_size: int | None) -> tuple[int, int]:

@@ -59,6 +59,12 @@ def split_outputs(outputs: Sequence[Tensor]) -> tuple[list[Tensor], list[Tensor]
     return tuple(list(outputs[i * num_levels : (i + 1) * num_levels]) for i in range(3))
 
 
+def smallest_input_size(model: KLDet) -> int:
+    """The smallest image side the network takes: a multiple of 32 with two cells on its coarsest level
+    (96 for P2-P6, whose top stride is 64)."""
+    return model.strides[-1] + 32
+
+
 def export_model(
     model: KLDet,
     path: str | os.PathLike,
@@ -81,7 +87,7 @@ def export_model(
         the written path.
     """
     height, width = image_size
-    smallest = model.strides[-1] + 32
+    smallest = smallest_input_size(model)
     if height % 32 or width % 32 or min(height, width) < smallest:
         raise KLDetConfigError(
             f"image_size={image_size}: height and width must be multiples of 32 and at least {smallest}"

@@ -1,7 +1,10 @@
 """A trained KLDet as a function from images of any size to detections in their own pixels.
 
-Images are never resized (objects are a few pixels wide): each is cut into tiles by
-:func:`kldet.inference.sliced.sliced_predict`, normalised as in training and zero-padded to a multiple of 32.
+Images keep their native resolution unless ``resize`` says otherwise (objects are a few pixels wide): each
+is cut into tiles by :func:`kldet.inference.sliced.sliced_predict`, normalised as in training and
+zero-padded to a multiple of 32. ``resize="train"`` scales each image as training did (the checkpoint
+records how), an int scales its longer side to that many pixels; boxes always come back in the image's
+own pixels.
 
 Example::
 
@@ -9,18 +12,26 @@ Example::
     detections = predictor.predict_image(rgb)  # rgb: (H, W, 3) uint8, any size
 """
 
+import logging
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from kldet.checkpoint import load_detector
-from kldet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from kldet.inference.sliced import Detections, Source, sliced_predict
-from kldet.inference.sources import ArraySource
+from kldet.data.transforms import IMAGENET_MEAN, IMAGENET_STD, recorded_resize_policy, resized_size
+from kldet.errors import KLDetConfigError
+from kldet.inference.sliced import Detections, Source, sliced_predict, tile_count
+from kldet.inference.sources import ArraySource, ImageSource, ResizedSource
 from kldet.model import KLDet
+
+logger = logging.getLogger(__name__)
+
+#: ``resize`` values besides a longer side in pixels.
+RESIZE_MODES = ("none", "train")
 
 
 class Predictor:
@@ -36,6 +47,13 @@ class Predictor:
         iou_thresh: class-wise NMS IoU across tiles; ``None``: the model's own ``nms_thresh`` (the merge
             is exact only when the two agree, see :mod:`kldet.inference.sliced`).
         max_detections: cap per image after merging (``None``: none; a scene can hold many thousands).
+        resize: ``"none"``: native pixels; ``"train"``: scale each image as training did (``train_resize``;
+            with ``{"resize": "longer_side", "max_size": M}`` the longer side becomes M, up or down); an
+            int: scale the longer side to that many pixels. ``None`` is ``"none"``, but logs one warning per
+            :meth:`predict_sources` call when an image is larger than training's ``max_size``. Resized
+            images are tiled like any other; boxes are mapped back to the image's own pixels.
+        train_resize: how training resized images (:func:`kldet.data.transforms.resize_policy`);
+            ``None``: not recorded (then ``resize="train"`` is an error and nothing is warned).
     """
 
     def __init__(
@@ -52,7 +70,16 @@ class Predictor:
         batch_size: int = 4,
         iou_thresh: float | None = None,
         max_detections: int | None = None,
+        resize: str | int | None = None,
+        train_resize: Mapping[str, Any] | None = None,
     ) -> None:
+        if resize == "train" and train_resize is None:
+            raise KLDetConfigError(
+                "resize=train: the checkpoint does not record how training resized images; "
+                "use resize=none or resize=<longer side in pixels>"
+            )
+        if resize is not None and resize not in RESIZE_MODES and not (isinstance(resize, int) and resize > 0):
+            raise KLDetConfigError(f"resize={resize}: use none, train or a positive longer side in pixels")
         self.model = model.eval()
         self.device = next(model.parameters()).device
         self.classes, self.category_ids = list(classes), list(category_ids)
@@ -62,6 +89,7 @@ class Predictor:
         self.tile_size, self.overlap, self.batch_size = tile_size, overlap, batch_size
         self.iou_thresh = model.postprocess_options["nms_thresh"] if iou_thresh is None else iou_thresh
         self.max_detections = max_detections
+        self.resize, self.train_resize = resize, dict(train_resize) if train_resize is not None else None
 
     @classmethod
     def from_checkpoint(
@@ -90,8 +118,28 @@ class Predictor:
             mean=preprocess.get("mean") or IMAGENET_MEAN,
             std=preprocess.get("std") or IMAGENET_STD,
             size_divisor=preprocess.get("size_divisor") or 32,
+            train_resize=recorded_resize_policy(preprocess),
             **options,
         )
+
+    @property
+    def train_max_size(self) -> int | None:
+        """The longer side training scaled images to; None when it kept native pixels or is unknown."""
+        policy = self.train_resize or {}
+        return policy.get("max_size") if policy.get("resize") == "longer_side" else None
+
+    def input_size(self, height: int, width: int) -> tuple[int, int]:
+        """``(h, w)`` an image of ``height`` x ``width`` is predicted at, after ``resize``."""
+        max_size = {"none": None, None: None, "train": self.train_max_size}.get(self.resize, self.resize)
+        return resized_size(height, width, max_size)
+
+    def _resized(self, source: ImageSource) -> ImageSource:
+        size = self.input_size(source.height, source.width)
+        return source if size == (source.height, source.width) else ResizedSource(source, *size)
+
+    def tile_count(self, sources: Iterable[ImageSource]) -> int:
+        """Tiles :meth:`predict_sources` runs for ``sources`` (for a progress bar's total)."""
+        return tile_count([self._resized(source) for source in sources], self.tile_size, self.overlap)
 
     def preprocess(self, tiles: Sequence[np.ndarray]) -> tuple[Tensor, list[tuple[int, int]]]:
         """RGB uint8 (h_i, w_i, 3) tiles -> a normalised (B, 3, H, W) batch zero-padded to a multiple of
@@ -115,9 +163,10 @@ class Predictor:
     def predict_sources(
         self, sources: Iterable[Source], on_batch: Callable[[int], None] | None = None
     ) -> Iterator[tuple[Source, Detections]]:
-        """Detections per image source, streamed; see :func:`kldet.inference.sliced.sliced_predict`."""
-        return sliced_predict(
-            sources,
+        """Detections per image source, boxes in its own pixels, streamed in input order; see
+        :func:`kldet.inference.sliced.sliced_predict`."""
+        results = sliced_predict(
+            map(self._resized, self._warn_on_scale(sources)),
             self.detect_tiles,
             tile_size=self.tile_size,
             overlap=self.overlap,
@@ -126,6 +175,35 @@ class Predictor:
             max_detections=self.max_detections,
             on_batch=on_batch,
         )
+        for source, detections in results:
+            if isinstance(source, ResizedSource):
+                sx, sy = source.scale
+                boxes = detections["boxes"] / torch.tensor([sx, sy, sx, sy])
+                detections, source = {**detections, "boxes": boxes}, source.source
+            yield source, detections
+
+    def _warn_on_scale(self, sources: Iterable[Source]) -> Iterator[Source]:
+        """``sources``, with one warning when ``resize`` is unset and one is larger than training's
+        ``max_size``."""
+        max_size, warned = self.train_max_size, self.resize is not None
+        for source in sources:
+            if not warned and max_size is not None and max(source.height, source.width) > max_size:
+                warned = True
+                name = getattr(source, "path", "an input image")
+                logger.warning(
+                    "%s is %dx%d px, predicted at native scale, but training resized images so their longer "
+                    "side was %d px (a %dx%d px training image was scaled by %.3g): set resize=train to "
+                    "resize like training (boxes stay in original pixels), or resize=none to keep native "
+                    "scale and silence this",
+                    name,
+                    source.width,
+                    source.height,
+                    max_size,
+                    source.width,
+                    source.height,
+                    max_size / max(source.height, source.width),
+                )
+            yield source
 
     def predict_image(self, image: np.ndarray) -> Detections:
         """Detections of one (H, W, 3) uint8 RGB image of any size, boxes xyxy in its pixels."""

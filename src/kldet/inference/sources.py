@@ -10,18 +10,15 @@ import glob
 import importlib.util
 import os
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
 import cv2
 import numpy as np
-from PIL import Image
 
+from kldet.data.images import IMAGE_SUFFIXES, load_image, read_header
 from kldet.errors import KLDetConfigError, KLDetDataError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 GEOTIFF_SUFFIXES = (".tif", ".tiff")
 
 
@@ -40,37 +37,32 @@ class ImageSource(Protocol):
         ...
 
 
-@contextmanager
-def _no_pixel_limit() -> Iterator[None]:
-    # Pillow refuses images above ~179 Mpx as "decompression bombs"; here it only reads the header.
-    limit = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None
-    try:
-        yield
-    finally:
-        Image.MAX_IMAGE_PIXELS = limit
-
-
 class ImageFile:
-    """A PNG/JPEG/BMP/TIFF file decoded with OpenCV on the first read and cached until :meth:`close`."""
+    """A PNG/JPEG/BMP/TIFF/WebP file decoded on the first read (:func:`kldet.data.images.load_image`, the
+    training decoder) and cached until :meth:`close`.
+
+    ``exif_orientation`` is the file's EXIF tag (1 when absent); it is not applied, as in training.
+    """
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         try:
-            with _no_pixel_limit(), Image.open(self.path) as header:
-                self.width, self.height = header.size
-        except (OSError, ValueError) as error:
-            raise KLDetDataError(f"{self.path}: not a readable image ({error})") from error
+            self.width, self.height, self.exif_orientation = read_header(self.path)
+        except FileNotFoundError:
+            raise KLDetDataError(f"image file {self.path} not found") from None
+        except KLDetDataError as error:
+            raise KLDetDataError(f"image file {self.path}: {error}") from None
         self._pixels: np.ndarray | None = None
 
     def read(self, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
         if self._pixels is None:
-            # Ignore EXIF orientation so the pixels match the header size (and the training reader).
-            bgr = cv2.imread(str(self.path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-            if bgr is None or bgr.shape[:2] != (self.height, self.width):
-                raise KLDetDataError(f"{self.path}: OpenCV could not decode the image")
-            # In place: a second 300 MB copy of a 10,000 px scene is not needed.
-            self._pixels = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=bgr)
+            pixels = load_image(self.path)
+            if pixels.shape[:2] != (self.height, self.width):
+                raise KLDetDataError(
+                    f"image file {self.path} decodes to {pixels.shape[1]}x{pixels.shape[0]}, its header says "
+                    f"{self.width}x{self.height}"
+                )
+            self._pixels = pixels
         return self._pixels[y0:y1, x0:x1]
 
     def close(self) -> None:
@@ -91,6 +83,35 @@ class ArraySource:
 
     def close(self) -> None:
         """Nothing to release: the caller owns the array."""
+
+
+class ResizedSource:
+    """Another source scaled to ``height`` x ``width`` pixels (bilinear, as training resizes).
+
+    The whole image is read and resized on the first read, and kept until :meth:`close`; ``source`` is
+    closed as soon as it has been read.
+    """
+
+    def __init__(self, source: ImageSource, height: int, width: int) -> None:
+        self.source = source
+        self.height, self.width = height, width
+        self._pixels: np.ndarray | None = None
+
+    @property
+    def scale(self) -> tuple[float, float]:
+        """``(sx, sy)`` = resized / original size."""
+        return self.width / self.source.width, self.height / self.source.height
+
+    def read(self, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+        if self._pixels is None:
+            pixels = self.source.read(0, 0, self.source.width, self.source.height)
+            self.source.close()
+            self._pixels = cv2.resize(pixels, (self.width, self.height), interpolation=cv2.INTER_LINEAR)
+        return self._pixels[y0:y1, x0:x1]
+
+    def close(self) -> None:
+        self._pixels = None
+        self.source.close()
 
 
 def open_image(path: str | os.PathLike) -> ImageSource:

@@ -11,6 +11,7 @@ from torchvision.ops import box_iou
 
 from kldet.checkpoint import load_detector, save_detector
 from kldet.cli.predict import main as predict_main
+from kldet.data import IMAGENET_MEAN, IMAGENET_STD
 from kldet.errors import KLDetError
 from kldet.inference.predictor import Predictor
 from kldet.inference.render import save_image
@@ -81,7 +82,13 @@ def test_checkpoint_in_the_lightning_layout_round_trips(tmp_path):
 def test_checkpoint_overrides_and_default_category_ids(tmp_path):
     save_detector(tmp_path / "m.ckpt", tiny_model(), TINY, CLASSES)
     model, meta = load_detector(tmp_path / "m.ckpt", overrides={"score_thresh": 0.3})
-    assert meta["category_ids"] == [1, 2] and meta["preprocess"] == {}
+    # No preprocess stored: the normalisation of the model's style (pytorch: RGB, ImageNet).
+    assert meta["category_ids"] == [1, 2]
+    assert meta["preprocess"] == {
+        "channel_order": "RGB",
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+    }
     assert model.postprocess_options["score_thresh"] == 0.3
 
 

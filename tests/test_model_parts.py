@@ -140,7 +140,9 @@ def test_weights_from_local_file_and_bad_files(tmp_path):
     torch.save(headless, path)
     model = ResNetFPN("resnet34", weights=str(path))
     torch.testing.assert_close(model.body.conv1.weight, reference.conv1.weight)
-    with pytest.raises(KLDetConfigError, match="not a torchvision resnet18 state dict"):
+    with pytest.raises(
+        KLDetConfigError, match=r"r34.pth do not fit resnet18: unexpected 80 \(layer1.2.conv1.weight, "
+    ):
         ResNetFPN("resnet18", weights=str(path))
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a checkpoint")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -24,6 +26,7 @@ from kldet.data import (
 )
 from kldet.data.coco import categories_of
 from kldet.errors import KLDetConfigError
+from kldet.model.normalization import InputNormalization
 
 FORMATS = ("aitod", "dior", "coco")
 STAGES = ("train", "val", "test")
@@ -53,6 +56,10 @@ class KLDetDataModule(L.LightningDataModule):
         max_size: longer image side after resizing (keeping the aspect ratio); None keeps sizes.
         hflip, vflip, rotate90: training augmentation probabilities.
         size_divisor: batches are zero-padded to a multiple of it.
+        normalization: the model input's channel order, mean and std, as an
+            :class:`~kldet.model.InputNormalization` or its ``{"channel_order", "mean", "std"}`` dict; None
+            is the pytorch style's (RGB, ImageNet). Not a data config key: kldet-train derives it from
+            ``model.style`` (:func:`kldet.model.input_normalization`), kldet-eval from the checkpoint.
     """
 
     def __init__(
@@ -81,6 +88,7 @@ class KLDetDataModule(L.LightningDataModule):
         vflip: float = 0.0,
         rotate90: float = 0.0,
         size_divisor: int = 32,
+        normalization: InputNormalization | Mapping[str, Any] | None = None,
     ):
         super().__init__()
         if format not in FORMATS:
@@ -98,8 +106,13 @@ class KLDetDataModule(L.LightningDataModule):
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.lenient = lenient
         self.decode_check = decode_check
-        self.train_transform = DetectionTransform(max_size, hflip=hflip, vflip=vflip, rotate90=rotate90)
-        self.eval_transform = DetectionTransform(max_size)
+        if not isinstance(normalization, InputNormalization):
+            normalization = InputNormalization.from_preprocess(normalization)
+        self.normalization = normalization
+        self.train_transform = DetectionTransform(
+            max_size, hflip=hflip, vflip=vflip, rotate90=rotate90, normalization=normalization
+        )
+        self.eval_transform = DetectionTransform(max_size, normalization=normalization)
         self.size_divisor = size_divisor
         self.sets: dict[str, DetectionSet] = {}
         self._categories: tuple[list[str], list[int]] | None = None

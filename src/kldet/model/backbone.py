@@ -156,7 +156,7 @@ def load_resnet_weights(model: resnet.ResNet, name: str, path: Path) -> None:
     missing = [key for key in expected if key not in state]
     unexpected = [key for key in state if key not in expected]
     wrong_shape = [
-        f"{key} {tuple(state[key].shape)} != {tuple(value.shape)}"
+        f"{key} {tuple(getattr(state[key], 'shape', ()))} != {tuple(value.shape)}"
         for key, value in expected.items()
         if key in state and (not isinstance(state[key], Tensor) or state[key].shape != value.shape)
     ]
@@ -166,9 +166,7 @@ def load_resnet_weights(model: resnet.ResNet, name: str, path: Path) -> None:
             for what, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape))
             if keys
         ]
-        raise KLDetConfigError(
-            f"backbone weights {path} do not fit {name}: {'; '.join(found)}"
-        )
+        raise KLDetConfigError(f"backbone weights {path} do not fit {name}: {'; '.join(found)}")
     model.load_state_dict(state, strict=False)
 
 

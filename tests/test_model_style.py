@@ -64,16 +64,6 @@ def test_caffe_style_needs_bottlenecks_and_a_known_style():
         ResNetFPN("resnet50", style="detectron")
 
 
-def test_caffe_backbone_is_frozen_bn_with_stem_and_stage1_frozen():
-    model = KLDet(8, backbone="resnet50", style="caffe")
-    body = model.backbone.body
-    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
-    # Statistics and affine are buffers of FrozenBatchNorm2d: nothing of a norm layer can train.
-    assert sum(isinstance(m, FrozenBatchNorm2d) for m in body.modules()) == 1 + 3 * sum(RESNET50_BLOCKS) + 4
-    assert not any(p.requires_grad for m in (body.conv1, body.layer1) for p in m.parameters())
-    assert all(p.requires_grad for m in (body.layer2, body.layer3, body.layer4) for p in m.parameters())
-
-
 # ---------------------------------------------------------------- MMDetection / Detectron weights
 
 

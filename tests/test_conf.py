@@ -61,7 +61,12 @@ def test_aitod_r50_is_the_paper_setting():
         0.5,
         32,
     )
-    assert cfg.model.backbone == "resnet50" and cfg.model.weights == "IMAGENET1K_V1"
+    assert (cfg.model.backbone, cfg.model.style, cfg.model.backbone_norm) == (
+        "resnet50",
+        "caffe",
+        "frozen_bn",
+    )
+    assert cfg.model.weights == "open-mmlab://detectron/resnet50_caffe"
     assert (cfg.model.frozen_stages, list(cfg.model.fpn_levels)) == (1, [2, 3, 4, 5, 6])
     assert cfg.model.attention is True and cfg.model.head_norm is None
     assert (cfg.model.assigner, list(cfg.model.topk), cfg.model.alpha, cfg.model.beta) == (

@@ -12,13 +12,14 @@ from torchvision.ops import box_iou
 
 from kldet.checkpoint import load_detector, save_detector
 from kldet.cli.predict import main as predict_main
+from kldet.data import IMAGENET_MEAN, IMAGENET_STD
 from kldet.data.transforms import DetectionTransform
 from kldet.errors import KLDetConfigError, KLDetError
 from kldet.inference.predictor import Predictor
 from kldet.inference.render import save_image
 from kldet.inference.sources import ArraySource
 from kldet.inference.tiling import make_tiles
-from kldet.model import KLDet
+from kldet.model import InputNormalization, KLDet
 
 # Small enough for the CPU; score_thresh 0 and a small top-k so a random network yields a few boxes.
 TINY = {
@@ -84,7 +85,13 @@ def test_checkpoint_in_the_lightning_layout_round_trips(tmp_path):
 def test_checkpoint_overrides_and_default_category_ids(tmp_path):
     save_detector(tmp_path / "m.ckpt", tiny_model(), TINY, CLASSES)
     model, meta = load_detector(tmp_path / "m.ckpt", overrides={"score_thresh": 0.3})
-    assert meta["category_ids"] == [1, 2] and meta["preprocess"] == {}
+    # No preprocess stored: the normalisation of the model's style (pytorch: RGB, ImageNet).
+    assert meta["category_ids"] == [1, 2]
+    assert meta["preprocess"] == {
+        "channel_order": "RGB",
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+    }
     assert model.postprocess_options["score_thresh"] == 0.3
 
 
@@ -295,7 +302,9 @@ def test_resize_predicts_as_the_evaluation_pipeline_does(small_scale_checkpoint,
     rgb = np.random.default_rng(4).integers(0, 256, (100, 150, 3), dtype=np.uint8)
     ours = predictor.predict_image(rgb)
     # The second implementation: evaluation's transform, and the model mapping boxes back by its scale.
-    tensor, _, _, scale = DetectionTransform(longer_side, mean=MEAN, std=STD)(rgb, np.zeros((0, 4)), [])
+    tensor, _, _, scale = DetectionTransform(
+        longer_side, normalization=InputNormalization(mean=MEAN, std=STD)
+    )(rgb, np.zeros((0, 4)), [])
     height, width = tensor.shape[1:]
     assert max(height, width) == longer_side
     padded = torch.zeros(1, 3, -(-height // 32) * 32, -(-width // 32) * 32)

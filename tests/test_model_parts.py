@@ -49,8 +49,9 @@ def test_level_shapes_follow_ceil_for_any_size():
     assert [tuple(level.shape[-2:]) for level in cls_logits] == expected
 
 
-def test_frozen_parameters_are_exactly_stem_and_layer1():
-    model = KLDet(8, backbone="resnet50")
+@pytest.mark.parametrize("style", ["pytorch", "caffe"])
+def test_frozen_parameters_are_exactly_stem_and_layer1(style):
+    model = KLDet(8, backbone="resnet50", style=style)
     frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
     # Independent expectation: the conv weights of a plain torchvision ResNet-50's stem and layer1.
     plain = torchvision.models.resnet50()
@@ -92,7 +93,12 @@ def test_extra_levels_are_convs_on_p5_output_then_relu():
     with torch.no_grad():
         p3, p4, p5, p6, p7 = model(images)
         p6_conv, p7_conv = model.fpn.extra_blocks.convs
-        torch.testing.assert_close(p6, p6_conv(p5))
+        # P5 has negative values, so a ReLU before the P6 conv would change P6.
+        assert (p5 < 0).any() and (p6 < 0).any()
+        # Spec: P6 = 3x3 stride-2 conv (padding 1) of the P5 output itself, computed here by hand.
+        by_hand = torch.nn.functional.conv2d(p5, p6_conv.weight, p6_conv.bias, stride=2, padding=1)
+        assert p6_conv.kernel_size == (3, 3) and tuple(p6.shape[-2:]) == (2, 2)
+        torch.testing.assert_close(p6, by_hand)
         torch.testing.assert_close(p7, p7_conv(torch.relu(p6)))
 
 
@@ -140,7 +146,9 @@ def test_weights_from_local_file_and_bad_files(tmp_path):
     torch.save(headless, path)
     model = ResNetFPN("resnet34", weights=str(path))
     torch.testing.assert_close(model.body.conv1.weight, reference.conv1.weight)
-    with pytest.raises(KLDetConfigError, match="not a torchvision resnet18 state dict"):
+    with pytest.raises(
+        KLDetConfigError, match=r"r34.pth do not fit resnet18: unexpected 80 \(layer1.2.conv1.weight, "
+    ):
         ResNetFPN("resnet18", weights=str(path))
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a checkpoint")

@@ -205,6 +205,27 @@ def test_missing_aitod_says_where_and_which_key(monkeypatch, capsys, tmp_path):
     assert "root=" in err and "Traceback" not in err
 
 
+def test_missing_caffe_weights_file_is_one_line(monkeypatch, capsys, tmp_path, data_dir):
+    missing = tmp_path / "weights" / "resnet50_caffe.pth"
+    with pytest.raises(SystemExit) as exit_info:
+        kldet_train(
+            monkeypatch,
+            *TINY,
+            "model.backbone=resnet50",
+            "model.style=caffe",
+            f"model.weights={missing}",
+            f"paths.data_dir={data_dir}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        )
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    # (The synthetic set's progress bar may come first.)
+    assert (
+        err.strip().splitlines()[-1] == f"kldet-train: error: backbone weights file {missing} does not exist"
+    )
+    assert "Traceback" not in err
+
+
 def test_multirun_sweeps_assigners(monkeypatch, tmp_path, data_dir):
     kldet_train(
         monkeypatch,

@@ -3,8 +3,11 @@
 A checkpoint written by :class:`kldet.lit.KLDetModule` is a ``torch.save`` dict whose
 ``hyper_parameters`` hold plain dicts: ``model`` (the :class:`kldet.model.KLDet` keyword arguments,
 ``num_classes`` included), ``classes`` (names), ``category_ids`` (the data set's own ids, for result files;
-None means 1..C) and ``preprocess`` (``mean``, ``std``, ``size_divisor``, ``max_size``); ``state_dict`` keys are
-``"model."`` + the KLDet state dict keys.
+None means 1..C) and ``preprocess`` (``channel_order`` "RGB" or "BGR", ``mean``, ``std``, ``size_divisor``,
+``max_size``); ``state_dict`` keys are ``"model."`` + the KLDet state dict keys. The input normalisation
+(``channel_order``, ``mean``, ``std``) follows the model's backbone ``style`` (see
+:mod:`kldet.model.normalization`); where a checkpoint lacks one of them, the style's value is used, so
+checkpoints written before ``channel_order`` existed (all pytorch style) read as RGB.
 """
 
 import os
@@ -17,7 +20,7 @@ from typing import Any
 import torch
 
 from kldet.errors import KLDetError
-from kldet.model import KLDet
+from kldet.model import InputNormalization, KLDet
 
 STATE_PREFIX = "model."
 REQUIRED_HYPER_PARAMETERS = ("model", "classes")
@@ -36,8 +39,9 @@ def load_detector(
         overrides: KLDet keyword arguments to change, e.g. ``{"score_thresh": 0.3}`` for inference.
 
     Returns:
-        the model and the metadata: ``{"model": kwargs used, "classes", "category_ids", "preprocess"}``
-        (``preprocess`` is ``{}`` when the checkpoint has none).
+        the model and the metadata: ``{"model": kwargs used, "classes", "category_ids", "preprocess"}``;
+        ``preprocess`` is the stored dict (``{}`` when the checkpoint has none) with ``channel_order``,
+        ``mean`` and ``std`` always present (filled in from the model's style where missing).
 
     Raises:
         KLDetError: the file is missing, not a checkpoint, or its weights do not fit its own model.
@@ -94,6 +98,13 @@ def load_detector(
         "category_ids": [int(c) for c in category_ids],
         "preprocess": dict(hyper_parameters.get("preprocess") or {}),
     }
+    try:
+        normalization = InputNormalization.from_preprocess(
+            meta["preprocess"], model_kwargs.get("style", "pytorch")
+        )
+    except KLDetError as error:
+        raise KLDetError(f"checkpoint {path}: preprocess {error}") from None
+    meta["preprocess"].update(normalization.as_preprocess())
     if len(meta["classes"]) != model.num_classes or len(meta["category_ids"]) != model.num_classes:
         raise KLDetError(
             f"checkpoint {path}: {model.num_classes} classes in the model but {len(meta['classes'])} names "

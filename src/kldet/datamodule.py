@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -26,6 +28,7 @@ from kldet.data import (
 from kldet.data.coco import categories_of
 from kldet.data.dior import DIFFICULT_MODES
 from kldet.errors import KLDetConfigError
+from kldet.model.normalization import InputNormalization
 
 FORMATS = ("aitod", "dior", "coco")
 STAGES = ("train", "val", "test")
@@ -59,6 +62,10 @@ class KLDetDataModule(L.LightningDataModule):
             reading) or ignored boxes ("ignore", the VOC devkit's), in training and evaluation.
         filter_empty_gt: train only on images with at least one annotated object of a known class
             (ignored ones included), as MMDetection's ``filter_empty_gt`` (the authors' DIOR setting).
+        normalization: the model input's channel order, mean and std, as an
+            :class:`~kldet.model.InputNormalization` or its ``{"channel_order", "mean", "std"}`` dict; None
+            is the pytorch style's (RGB, ImageNet). Not a data config key: kldet-train derives it from
+            ``model.style`` (:func:`kldet.model.input_normalization`), kldet-eval from the checkpoint.
     """
 
     def __init__(
@@ -89,6 +96,7 @@ class KLDetDataModule(L.LightningDataModule):
         size_divisor: int = 32,
         difficult: str = "object",
         filter_empty_gt: bool = False,
+        normalization: InputNormalization | Mapping[str, Any] | None = None,
     ):
         super().__init__()
         if format not in FORMATS:
@@ -106,8 +114,13 @@ class KLDetDataModule(L.LightningDataModule):
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.lenient = lenient
         self.decode_check = decode_check
-        self.train_transform = DetectionTransform(max_size, hflip=hflip, vflip=vflip, rotate90=rotate90)
-        self.eval_transform = DetectionTransform(max_size)
+        if not isinstance(normalization, InputNormalization):
+            normalization = InputNormalization.from_preprocess(normalization)
+        self.normalization = normalization
+        self.train_transform = DetectionTransform(
+            max_size, hflip=hflip, vflip=vflip, rotate90=rotate90, normalization=normalization
+        )
+        self.eval_transform = DetectionTransform(max_size, normalization=normalization)
         self.size_divisor = size_divisor
         if difficult not in DIFFICULT_MODES:
             raise KLDetConfigError(f"data difficult={difficult!r} is not one of {', '.join(DIFFICULT_MODES)}")

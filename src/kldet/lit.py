@@ -23,11 +23,11 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor, nn
 
 from kldet.checkpoint import load_detector
-from kldet.data.transforms import IMAGENET_MEAN, IMAGENET_STD, recorded_resize_policy
+from kldet.data.transforms import recorded_resize_policy
 from kldet.errors import KLDetConfigError, KLDetError
 from kldet.evaluation import DetectionMetric
 from kldet.inference.render import draw_detections
-from kldet.model import KLDet
+from kldet.model import InputNormalization, KLDet
 
 # Spec section 6: SGD lr 0.0025 at batch 2, momentum 0.9, weight decay 1e-4, biases 2x lr and no
 # decay, constant warm-up 1/3 for 10,000 iterations, x0.1 after epochs 8 and 11.
@@ -127,14 +127,13 @@ def draw_validation_image(
     target: Mapping[str, Any],
     prediction: Mapping[str, Tensor],
     classes: Sequence[str],
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
+    normalization: InputNormalization = InputNormalization(),
     score_thresh: float = 0.3,
 ) -> Tensor:
     """Ground truth (left) and detections scoring at least ``score_thresh`` (right), side by side.
 
     Args:
-        image: (3, H, W) normalised, padded model input.
+        image: (3, H, W) padded model input, normalised as ``normalization`` says.
         target: the data set's target: "size" (h, w) before padding, "scale" (sx, sy), "gt_boxes" (G, 4),
             "gt_labels" (G,) in original pixels and optionally "gt_ignore" (G,) (ignored boxes are not drawn).
         prediction: "boxes" (K, 4) in original pixels, "scores" (K,), "labels" (K,).
@@ -145,9 +144,8 @@ def draw_validation_image(
     height, width = (int(v) for v in target["size"])
     scale_x, scale_y = (float(v) for v in target["scale"])
     to_resized = torch.tensor([scale_x, scale_y, scale_x, scale_y])
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-    pixels = (image[:, :height, :width].detach().float().cpu() * std_t + mean_t).clamp(0, 255).to(torch.uint8)
+    pixels = normalization.denormalize(image[:, :height, :width].detach().float().cpu())
+    pixels = pixels.clamp(0, 255).to(torch.uint8)
     pixels = pixels.permute(1, 2, 0).numpy()
     gt_boxes = torch.as_tensor(target["gt_boxes"]).float().cpu().reshape(-1, 4)
     shown = ~torch.as_tensor(target.get("gt_ignore", torch.zeros(len(gt_boxes), dtype=torch.bool))).cpu()
@@ -191,9 +189,10 @@ class KLDetModule(L.LightningModule):
         category_ids: the data set's own category id of each class (for results files).
         optim: overrides of :data:`DEFAULT_OPTIM` (unknown keys are an error).
         metric: "aitod", "coco" or "voc" — which :class:`~kldet.evaluation.DetectionMetric` to use.
-        preprocess: ``{"mean", "std", "size_divisor", "max_size"}`` the data module applied, kept in
-            the checkpoint so inference can repeat it; ``"resize"`` is added from ``max_size``
-            (:func:`kldet.data.transforms.resize_policy`), so the checkpoint states the training scale.
+        preprocess: ``{"channel_order", "mean", "std", "size_divisor", "max_size"}`` the data module
+            applied, kept in the checkpoint so inference can repeat it (see :mod:`kldet.checkpoint`);
+            ``"resize"`` is added from ``max_size`` (:func:`kldet.data.transforms.resize_policy`), so the
+            checkpoint states the training scale.
         num_logged_images: validation images drawn with predicted and true boxes for the loggers.
 
     Batches are ``(images (B, 3, H, W), targets)`` as made by :func:`kldet.data.collate`.
@@ -265,6 +264,13 @@ class KLDetModule(L.LightningModule):
             )
         module.model = detector
         return module
+
+    @property
+    def normalization(self) -> InputNormalization:
+        """How the input images were normalised: ``preprocess``, completed by the model's style."""
+        return InputNormalization.from_preprocess(
+            self.hparams["preprocess"], self.hparams["model"].get("style", "pytorch")
+        )
 
     def forward(self, images: Tensor) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
         """Raw per-level maps of the detector (see :meth:`kldet.model.KLDet.forward`)."""
@@ -380,10 +386,10 @@ class KLDetModule(L.LightningModule):
         loggers = [logger for logger in self.loggers if isinstance(logger, TensorBoardLogger | WandbLogger)]
         if count == 0 or not loggers:
             return
-        preprocess = self.hparams["preprocess"] or {}
-        mean, std = preprocess.get("mean", IMAGENET_MEAN), preprocess.get("std", IMAGENET_STD)
         drawings = [
-            draw_validation_image(images[i], targets[i], predictions[i], self.hparams["classes"], mean, std)
+            draw_validation_image(
+                images[i], targets[i], predictions[i], self.hparams["classes"], self.normalization
+            )
             for i in range(count)
         ]
         for logger in loggers:

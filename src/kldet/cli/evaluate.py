@@ -104,8 +104,10 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
     from kldet.lit import KLDetModule
 
     ckpt = Path(cfg.ckpt)
-    datamodule = build_datamodule(cfg)
     module = KLDetModule.from_checkpoint(ckpt, metric=cfg.module.metric)
+    # The images are normalised as in training (the checkpoint's channel order, mean and std), whatever
+    # model the configuration names.
+    datamodule = build_datamodule(cfg, normalization=module.normalization.as_preprocess())
     if module.hparams["classes"] != datamodule.classes:
         raise KLDetConfigError(
             f"checkpoint {ckpt} was trained on classes {module.hparams['classes']}, "

@@ -7,7 +7,7 @@ Usage::
 The exported graph maps normalised (B, 3, H, W) images to the raw per-level maps; decoding, score
 threshold and NMS are left to :meth:`kldet.model.KLDet.postprocess` (see :mod:`kldet.inference.export`).
 A JSON file beside the export (``out`` + ``.json``) records what post-processing needs: strides, classes,
-category ids, normalisation and the post-processing thresholds.
+category ids, normalisation (channel order, mean, std) and the post-processing thresholds.
 """
 
 import dataclasses
@@ -21,9 +21,9 @@ from torch.onnx import _constants as onnx_constants
 
 from kldet.checkpoint import load_detector
 from kldet.cli.dotlist import check_writable_folder, option, run_dotlist_cli
-from kldet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from kldet.errors import KLDetConfigError
 from kldet.inference.export import export_model, output_names
+from kldet.model import InputNormalization
 
 
 class ExportFormat(str, enum.Enum):
@@ -74,14 +74,14 @@ def export(config: ExportConfig) -> Path:
         (config.image_size, config.image_size),
         config.opset,
     )
-    preprocess = meta["preprocess"]
+    normalization = InputNormalization.from_preprocess(meta["preprocess"])
     sidecar = {
         "format": config.format.value,
         "input": {
             "name": "images",
-            "layout": "(B, 3, H, W) float32, RGB, (pixel - mean) / std, zero-padded to a multiple of 32",
-            "mean": list(preprocess.get("mean") or IMAGENET_MEAN),
-            "std": list(preprocess.get("std") or IMAGENET_STD),
+            "layout": f"(B, 3, H, W) float32, {normalization.channel_order}, (pixel - mean) / std with "
+            f"pixels 0..255 and mean, std in {normalization.channel_order} order, zero-padded to a multiple of 32",
+            **normalization.as_preprocess(),
         },
         "outputs": output_names(len(model.strides)),
         "strides": list(model.strides),

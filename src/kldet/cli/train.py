@@ -25,12 +25,12 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from kldet.data import IMAGENET_MEAN, IMAGENET_STD
 from kldet.data.synthetic import generate
 from kldet.datamodule import KLDetDataModule
 from kldet.errors import KLDetConfigError, KLDetError
 from kldet.evaluation import format_table
 from kldet.lit import KLDetModule
+from kldet.model import input_normalization
 
 # A wheel carries the Hydra configs as kldet/conf; an editable install (make install) reads <repo>/conf.
 _PACKAGED_CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -57,11 +57,17 @@ def prepare_synthetic(root: str | Path, settings: Mapping[str, Any]) -> None:
     stamp.write_text(json.dumps(settings) + "\n")
 
 
-def build_datamodule(cfg: DictConfig) -> KLDetDataModule:
-    """The ``data`` config instantiated, after writing the synthetic set if ``cfg.synthetic`` asks for it."""
+def build_datamodule(cfg: DictConfig, normalization: Mapping[str, Any] | None = None) -> KLDetDataModule:
+    """The ``data`` config instantiated, after writing the synthetic set if ``cfg.synthetic`` asks for it.
+
+    The transforms normalise as ``normalization`` says (``{"channel_order", "mean", "std"}``, e.g. a
+    checkpoint's), by default as the input of ``cfg.model.style``'s backbone.
+    """
     if cfg.get("synthetic"):
         prepare_synthetic(cfg.data.root, cfg.synthetic)
-    return instantiate(cfg.data)
+    if normalization is None:
+        normalization = input_normalization(cfg.model.get("style", "pytorch")).as_preprocess()
+    return instantiate(cfg.data, normalization=dict(normalization))
 
 
 def read_training_data(cfg: DictConfig, datamodule: KLDetDataModule) -> None:
@@ -80,15 +86,15 @@ def read_training_data(cfg: DictConfig, datamodule: KLDetDataModule) -> None:
 
 
 def build_module(cfg: DictConfig, datamodule: KLDetDataModule) -> KLDetModule:
-    """A KLDetModule whose classes, category ids and preprocessing come from the data module."""
+    """A KLDetModule whose classes, category ids and preprocessing come from the data module (whose
+    normalisation :func:`build_datamodule` took from the model's style)."""
     return KLDetModule(
         model=cfg.model,
         classes=datamodule.classes,
         category_ids=datamodule.category_ids,
         optim=cfg.optim,
         preprocess={
-            "mean": list(IMAGENET_MEAN),
-            "std": list(IMAGENET_STD),
+            **datamodule.normalization.as_preprocess(),
             "size_divisor": datamodule.size_divisor,
             "max_size": datamodule.eval_transform.max_size,
         },

@@ -7,7 +7,8 @@ from kldet.data.dior import DIOR_CLASSES, read_dior, read_voc
 from kldet.data.folder import read_image_folder
 from kldet.data.images import IMAGE_SUFFIXES, load_image
 from kldet.data.records import DetectionSet, Problem, Record
-from kldet.data.transforms import IMAGENET_MEAN, IMAGENET_STD, DetectionTransform
+from kldet.data.transforms import DetectionTransform
+from kldet.model.normalization import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
     "AITOD_CLASSES",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import cv2
@@ -16,9 +16,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import albumentations as A  # noqa: E402
 from albumentations.pytorch import ToTensorV2  # noqa: E402
 
-#: Normalisation of 0..255 RGB input (ImageNet statistics, as torchvision's pretrained ResNets expect).
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
-IMAGENET_STD = (58.395, 57.12, 57.375)
+from kldet.model.normalization import InputNormalization  # noqa: E402
 
 
 def resize_policy(max_size: int | None) -> dict[str, str | int | None]:
@@ -63,7 +61,8 @@ class DetectionTransform:
         max_size: longer image side after resizing; None keeps the original size.
         hflip, vflip, rotate90: probability of a horizontal flip, vertical flip and a rotation by a
             random multiple of 90 degrees (0 for evaluation).
-        mean, std: per-channel normalisation of 0..255 RGB values.
+        normalization: channel order, mean and std of the model input (the backbone style's, see
+            :func:`kldet.model.input_normalization`; default pytorch style: RGB, ImageNet mean/std).
     """
 
     def __init__(
@@ -72,10 +71,10 @@ class DetectionTransform:
         hflip: float = 0.0,
         vflip: float = 0.0,
         rotate90: float = 0.0,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
+        normalization: InputNormalization = InputNormalization(),
     ):
         self.max_size = max_size
+        self.normalization = normalization
         moves = [A.LongestMaxSize(max_size=max_size, interpolation=cv2.INTER_LINEAR)] if max_size else []
         if hflip:
             moves.append(A.HorizontalFlip(p=hflip))
@@ -96,7 +95,11 @@ class DetectionTransform:
             min_height=0.0,
         )
         self.pipeline = A.Compose(
-            [*moves, A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=1.0), ToTensorV2()],
+            [
+                *moves,
+                A.Normalize(mean=normalization.mean, std=normalization.std, max_pixel_value=1.0),
+                ToTensorV2(),
+            ],
             bbox_params=bbox_params if moves else None,
         )
 
@@ -111,11 +114,12 @@ class DetectionTransform:
             labels: (G,) int labels.
 
         Returns:
-            image (3, h, w) float32 normalised, boxes (G', 4) float32 in its pixels, labels (G',)
+            image (3, h, w) float32 normalised (channels in ``normalization.channel_order``), boxes (G', 4) float32 in its pixels, labels (G',)
             int64 (G' <= G: boxes that became empty are dropped), and the resize factors
             ``(sx, sy)`` = resized / original size.
         """
         height, width = image.shape[:2]
+        image = self.normalization.reorder(image)
         boxes, labels = np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int64).reshape(-1)
         if self.moves_boxes:
             out = self.pipeline(image=image, bboxes=boxes, labels=labels)

@@ -22,11 +22,11 @@ import torch
 from torch import Tensor
 
 from kldet.checkpoint import load_detector
-from kldet.data.transforms import IMAGENET_MEAN, IMAGENET_STD, recorded_resize_policy, resized_size
+from kldet.data.transforms import recorded_resize_policy, resized_size
 from kldet.errors import KLDetConfigError
 from kldet.inference.sliced import Detections, Source, sliced_predict, tile_count
 from kldet.inference.sources import ArraySource, ImageSource, ResizedSource
-from kldet.model import KLDet
+from kldet.model import InputNormalization, KLDet
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ class Predictor:
     Args:
         model: the detector (its score threshold, per-tile NMS and per-tile cap apply to each tile).
         classes, category_ids: name and data-set category id of each 0-based label.
-        mean, std: per-channel normalisation of 0..255 RGB, as in training.
+        normalization: channel order, mean and std of the model input, as in training (a checkpoint's).
         size_divisor: tiles are zero-padded to a multiple of this.
         tile_size, overlap: see :func:`kldet.inference.tiling.make_tiles`.
         batch_size: tiles per forward pass.
@@ -62,8 +62,7 @@ class Predictor:
         classes: Sequence[str],
         category_ids: Sequence[int],
         *,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
+        normalization: InputNormalization = InputNormalization(),
         size_divisor: int = 32,
         tile_size: int = 800,
         overlap: float = 0.2,
@@ -83,8 +82,7 @@ class Predictor:
         self.model = model.eval()
         self.device = next(model.parameters()).device
         self.classes, self.category_ids = list(classes), list(category_ids)
-        self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(3, 1, 1)
+        self.normalization = normalization
         self.size_divisor = size_divisor
         self.tile_size, self.overlap, self.batch_size = tile_size, overlap, batch_size
         self.iou_thresh = model.postprocess_options["nms_thresh"] if iou_thresh is None else iou_thresh
@@ -115,8 +113,7 @@ class Predictor:
             model,
             meta["classes"],
             meta["category_ids"],
-            mean=preprocess.get("mean") or IMAGENET_MEAN,
-            std=preprocess.get("std") or IMAGENET_STD,
+            normalization=InputNormalization.from_preprocess(preprocess),
             size_divisor=preprocess.get("size_divisor") or 32,
             train_resize=recorded_resize_policy(preprocess),
             **options,
@@ -142,8 +139,9 @@ class Predictor:
         return tile_count([self._resized(source) for source in sources], self.tile_size, self.overlap)
 
     def preprocess(self, tiles: Sequence[np.ndarray]) -> tuple[Tensor, list[tuple[int, int]]]:
-        """RGB uint8 (h_i, w_i, 3) tiles -> a normalised (B, 3, H, W) batch zero-padded to a multiple of
-        ``size_divisor``, and each tile's (h_i, w_i)."""
+        """RGB uint8 (h_i, w_i, 3) tiles -> a (B, 3, H, W) batch normalised as ``normalization`` says
+        (channels reordered to its ``channel_order``), zero-padded to a multiple of ``size_divisor``, and
+        each tile's (h_i, w_i)."""
         sizes = [(tile.shape[0], tile.shape[1]) for tile in tiles]
         divisor = self.size_divisor
         height = -(-max(h for h, _ in sizes) // divisor) * divisor
@@ -152,7 +150,7 @@ class Predictor:
         for image, tile, (h, w) in zip(batch, tiles, sizes, strict=True):
             # Copy as uint8, normalise on the device: 4x less to transfer than float.
             pixels = torch.from_numpy(np.ascontiguousarray(tile)).to(self.device).permute(2, 0, 1)
-            image[:, :h, :w] = (pixels.float() - self.mean) / self.std
+            image[:, :h, :w] = self.normalization.normalize(pixels.float())
         return batch, sizes
 
     def detect_tiles(self, tiles: Sequence[np.ndarray]) -> list[Detections]:

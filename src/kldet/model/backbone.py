@@ -3,7 +3,11 @@
 Level ``k`` has stride ``2**k``. Levels 2..5 come from the FPN over C2..C5 (only the ones at or above
 the first requested level are built); levels 6 and 7 are extra stride-2 convs, the first on the P5
 *output*, each further one on the ReLU of the previous (FCOS / mmdet ``add_extra_convs="on_output"``
-with ``relu_before_extra_convs``).
+with ``relu_before_extra_convs``). P6 is therefore the conv of P5 itself, with no ReLU in between.
+
+Two ResNet styles (MMDetection's ``style``): "pytorch" (torchvision: the stride-2 of each stage's first
+bottleneck is on its 3x3 conv) and "caffe" (Detectron: on its first 1x1 conv). The style also fixes the
+input normalisation the pretrained weights expect, :func:`kldet.model.normalization.input_normalization`.
 """
 
 import functools
@@ -22,8 +26,33 @@ from torchvision.ops.feature_pyramid_network import ExtraFPNBlock
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from kldet.errors import KLDetConfigError
+from kldet.model.normalization import STYLE_NORMALIZATIONS
 
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
+STYLES = tuple(STYLE_NORMALIZATIONS)
+# MMDetection's names of the Caffe-style ImageNet weights (converted from Detectron / Detectron2, BGR input):
+# name -> (ResNet, download URL). MMDetection caches them in torch's hub folder under the URL's file name.
+CAFFE_WEIGHTS = {
+    "open-mmlab://detectron/resnet50_caffe": (
+        "resnet50",
+        "https://download.openmmlab.com/pretrain/third_party/resnet50_caffe-788b5fa3.pth",
+    ),
+    "open-mmlab://detectron2/resnet50_caffe": (
+        "resnet50",
+        "https://download.openmmlab.com/pretrain/third_party/resnet50_msra-5891d200.pth",
+    ),
+    "open-mmlab://detectron/resnet101_caffe": (
+        "resnet101",
+        "https://download.openmmlab.com/pretrain/third_party/resnet101_caffe-3ad79236.pth",
+    ),
+    "open-mmlab://detectron2/resnet101_caffe": (
+        "resnet101",
+        "https://download.openmmlab.com/pretrain/third_party/resnet101_msra-6cc46731.pth",
+    ),
+}
+# Keys of a ResNet state dict that loading ignores: the unused classifier, and BatchNorm's step counter.
+IGNORED_KEY_PREFIX = "fc."
+IGNORED_KEY_SUFFIX = "num_batches_tracked"
 BACKBONE_LEVELS = (2, 3, 4, 5)
 MAX_LEVEL = 7
 
@@ -43,38 +72,102 @@ def check_levels(levels: tuple[int, ...]) -> tuple[int, ...]:
     return levels
 
 
-def resnet_state_dict(name: str, weights: str) -> dict[str, Tensor]:
-    """Read ResNet weights from a local file, or from torchvision's cache when ``weights`` names a weight enum.
+def _hub_cache_file(url: str) -> Path:
+    """Where torchvision and MMDetection keep a downloaded ``url``: ``$TORCH_HOME/hub/checkpoints/<file name>``."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
 
-    Never downloads: a weight name whose file is not in ``$TORCH_HOME/hub/checkpoints`` is an error that
-    says where to put the file.
-    """
+
+def weights_file(name: str, weights: str, style: str) -> Path:
+    """The local file of ``weights``: a path, a torchvision weight name of ``name`` ("IMAGENET1K_V1",
+    pytorch style) or an MMDetection Caffe-style name (:data:`CAFFE_WEIGHTS`), both looked up in torch's
+    hub cache. Never downloads: a missing file is an error that says where to put it."""
     path = Path(weights).expanduser()
-    if not path.is_file():
+    if path.is_file():
+        return path
+    if weights in CAFFE_WEIGHTS:
+        network, url = CAFFE_WEIGHTS[weights]
+        if (network, style) != (name, "caffe"):
+            raise KLDetConfigError(
+                f"backbone weights {weights} are a Caffe-style {network}: set backbone={network} style=caffe"
+            )
+    else:
+        if path.suffix in (".pth", ".pt", ".pkl") or "/" in weights:
+            raise KLDetConfigError(f"backbone weights file {path} does not exist")
         available = get_model_weights(name)
         try:
-            entry = available[weights.rsplit(".", 1)[-1]]
+            url = available[weights.rsplit(".", 1)[-1]].url
         except KeyError:
-            names = ", ".join(available.__members__)
+            names = ", ".join(
+                [*available.__members__, *(n for n, (r, _) in CAFFE_WEIGHTS.items() if r == name)]
+            )
             raise KLDetConfigError(
                 f"backbone weights {weights!r}: not a file, and not a weight name of {name} ({names})"
             ) from None
-        # Same file name and folder as torchvision's own download cache.
-        path = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(entry.url).path).name
-        if not path.is_file():
+        if style != "pytorch":
             raise KLDetConfigError(
-                f"{name} weights {weights} are not in torchvision's cache ({path}) and kldet never downloads: "
-                f"copy the file from {entry.url} there, or set weights to the path of a local .pth file"
+                f"backbone weights {weights} are torchvision's (pytorch style) but style={style}: set "
+                "style=pytorch, or give Caffe-style weights (a file, or open-mmlab://detectron/resnet50_caffe)"
             )
+    path = _hub_cache_file(url)
+    if not path.is_file():
+        raise KLDetConfigError(
+            f"{name} weights {weights} are not in torch's hub cache ({path}) and kldet never downloads: "
+            f"copy the file from {url} there, or set weights to the path of a local .pth file"
+        )
+    return path
+
+
+def resnet_state_dict(path: Path) -> dict[str, Tensor]:
+    """The ResNet state dict of a weights file, in torchvision's key layout (``conv1.weight``,
+    ``layer1.0.bn1.running_mean``, ``layer1.0.downsample.0.weight``, ...), which MMDetection's ResNet
+    shares. The dict may be wrapped in ``{"state_dict": ...}``; when keys start with ``backbone.``
+    (an MMDetection detector checkpoint) only those are kept, without the prefix."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise KLDetConfigError(f"cannot read backbone weights {path}: {error}") from error
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise KLDetConfigError(f"cannot read backbone weights {path}: {reason}") from error
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise KLDetConfigError(f"backbone weights {path}: expected a state dict, got {type(state).__name__}")
+    prefix = "backbone."
+    if any(str(key).startswith(prefix) for key in state):
+        state = {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
     return state
+
+
+def load_resnet_weights(model: resnet.ResNet, name: str, path: Path) -> None:
+    """Copy the weights of ``path`` (see :func:`resnet_state_dict`) into ``model``, a ``name`` ResNet.
+
+    ``fc.*`` and ``num_batches_tracked`` keys are ignored on both sides; any other missing, unexpected or
+    wrongly shaped key is one error naming the file and the first few keys.
+    """
+    state = {
+        key: value
+        for key, value in resnet_state_dict(path).items()
+        if not key.startswith(IGNORED_KEY_PREFIX) and not key.endswith(IGNORED_KEY_SUFFIX)
+    }
+    expected = {
+        key: value
+        for key, value in model.state_dict().items()
+        if not key.startswith(IGNORED_KEY_PREFIX) and not key.endswith(IGNORED_KEY_SUFFIX)
+    }
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    wrong_shape = [
+        f"{key} {tuple(getattr(state[key], 'shape', ()))} != {tuple(value.shape)}"
+        for key, value in expected.items()
+        if key in state and (not isinstance(state[key], Tensor) or state[key].shape != value.shape)
+    ]
+    if missing or unexpected or wrong_shape:
+        found = [
+            f"{what} {len(keys)} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
+            for what, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape))
+            if keys
+        ]
+        raise KLDetConfigError(f"backbone weights {path} do not fit {name}: {'; '.join(found)}")
+    model.load_state_dict(state, strict=False)
 
 
 # Frozen statistics suit pretrained weights; a backbone trained from random weights needs a norm that
@@ -86,27 +179,39 @@ NORM_LAYERS = {
 }
 
 
-def build_resnet(name: str, weights: str | None, norm: str = "frozen_bn") -> resnet.ResNet:
-    """A torchvision ResNet with the ``norm`` layer of :data:`NORM_LAYERS`; random weights (said once)
-    when ``weights`` is None."""
+def build_resnet(
+    name: str, weights: str | None, norm: str = "frozen_bn", style: str = "pytorch"
+) -> resnet.ResNet:
+    """A torchvision ResNet with the ``norm`` layer of :data:`NORM_LAYERS`, in ``style`` (see
+    :func:`to_caffe_style`); random weights (said once) when ``weights`` is None."""
     if name not in RESNETS:
         raise KLDetConfigError(f"backbone {name!r}: choose one of {', '.join(RESNETS)}")
     if norm not in NORM_LAYERS:
         raise KLDetConfigError(f"backbone_norm={norm!r}: choose one of {', '.join(NORM_LAYERS)}")
+    if style not in STYLES:
+        raise KLDetConfigError(f"style={style!r}: choose one of {', '.join(STYLES)}")
     model = getattr(resnet, name)(weights=None, norm_layer=NORM_LAYERS[norm])
+    if style == "caffe":
+        to_caffe_style(model, name)
     if weights is None:
         warnings.warn(f"{name} backbone starts from random weights (weights=None)", UserWarning, stacklevel=3)
         return model
-    state = resnet_state_dict(name, weights)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    # The classifier is not used; files without it are fine.
-    missing = [key for key in missing if not key.startswith("fc.")]
-    if missing or unexpected:
-        raise KLDetConfigError(
-            f"backbone weights {weights}: not a torchvision {name} state dict "
-            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
-        )
+    load_resnet_weights(model, name, weights_file(name, weights, style))
     return model
+
+
+def to_caffe_style(model: resnet.ResNet, name: str) -> None:
+    """Move the stride of each stage's first bottleneck from its 3x3 conv (``conv2``) to its first 1x1
+    conv (``conv1``), as in Caffe / Detectron ResNets; the shortcut's 1x1 conv keeps its stride. The
+    output shapes do not change."""
+    if not isinstance(model.layer1[0], resnet.Bottleneck):
+        raise KLDetConfigError(
+            f"style=caffe needs a bottleneck ResNet (resnet50, resnet101); {name} has basic blocks without "
+            "a 1x1 conv to take the stride: use style=pytorch"
+        )
+    for layer in (model.layer1, model.layer2, model.layer3, model.layer4):
+        first = layer[0]
+        first.conv1.stride, first.conv2.stride = first.conv2.stride, first.conv1.stride
 
 
 def freeze_stages(model: resnet.ResNet, frozen_stages: int) -> None:
@@ -141,13 +246,18 @@ class ResNetFPN(nn.Module):
 
     Args:
         backbone: "resnet18" | "resnet34" | "resnet50" | "resnet101".
-        weights: None (random), a torchvision weight name ("IMAGENET1K_V1", "DEFAULT", ...) read from
-            torchvision's local cache, or a path to a ResNet state dict.
+        weights: None (random), a torchvision weight name ("IMAGENET1K_V1", "DEFAULT", ...; pytorch style)
+            or an MMDetection Caffe-style name ("open-mmlab://detectron/resnet50_caffe", see
+            :data:`CAFFE_WEIGHTS`), both read from torch's local hub cache, or a path to a ResNet state dict
+            (torchvision / MMDetection keys, see :func:`resnet_state_dict`).
         levels: consecutive pyramid levels to output, e.g. (2, 3, 4, 5, 6).
         frozen_stages: -1 none, 0 stem, k stem + layer1..layerk.
         channels: channels of every pyramid level.
         norm: "frozen_bn" (frozen statistics and affine, for pretrained weights), "bn" or "gn" (trained,
             for a backbone that starts from random weights).
+        style: "pytorch" (stride on the 3x3 conv) or "caffe" (stride on the first 1x1 conv; bottleneck
+            ResNets only). It must match the weights, and fixes the input normalisation
+            (:func:`kldet.model.normalization.input_normalization`).
 
     ``forward(images (B, 3, H, W)) -> [(B, channels, ceil(H / 2**k), ceil(W / 2**k)) for k in levels]``.
     """
@@ -160,10 +270,12 @@ class ResNetFPN(nn.Module):
         frozen_stages: int = 1,
         channels: int = 256,
         norm: str = "frozen_bn",
+        style: str = "pytorch",
     ) -> None:
         super().__init__()
         self.levels = check_levels(levels)
-        body = build_resnet(backbone, weights, norm)
+        self.style = style
+        body = build_resnet(backbone, weights, norm, style)
         freeze_stages(body, frozen_stages)
         inputs = [level for level in BACKBONE_LEVELS if level >= self.levels[0]]
         expansion = body.layer1[0].expansion

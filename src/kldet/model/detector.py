@@ -43,8 +43,9 @@ class KLDet(nn.Module):
 
     Args:
         num_classes: C, object classes (labels 0..C-1).
-        backbone, weights, frozen_stages, backbone_norm: see :class:`kldet.model.backbone.ResNetFPN`
-            (``backbone_norm`` is its ``norm``).
+        backbone, weights, frozen_stages, backbone_norm, style: see :class:`kldet.model.backbone.ResNetFPN`
+            (``backbone_norm`` is its ``norm``); ``style`` "caffe" or "pytorch" also fixes the input
+            normalisation (:func:`kldet.model.input_normalization`).
         fpn_levels: (2, 3, 4, 5, 6) for KLDet, (3, 4, 5, 6, 7) for standard FCOS.
         attention: apply the shared task-level attention (TlA) to every pyramid level.
         assigner: "alitsm" (receptive-field priors, :func:`kldet.assign.alitsm_assign`) or "fcos".
@@ -68,6 +69,7 @@ class KLDet(nn.Module):
         assigner: str = "alitsm",
         frozen_stages: int = 1,
         backbone_norm: str = "frozen_bn",
+        style: str = "pytorch",
         head_norm: str | None = None,
         channels: int = 256,
         head_convs: int = 4,
@@ -92,7 +94,7 @@ class KLDet(nn.Module):
             raise KLDetConfigError(f"assigner={assigner!r}: choose one of {', '.join(ASSIGNERS)}")
         self.num_classes = num_classes
         self.backbone = ResNetFPN(
-            backbone, weights, tuple(fpn_levels), frozen_stages, channels, backbone_norm
+            backbone, weights, tuple(fpn_levels), frozen_stages, channels, backbone_norm, style
         )
         self.strides = tuple(2**level for level in self.backbone.levels)
         self.attention = TaskLevelAttention(channels) if attention else None

@@ -1,6 +1,6 @@
-"""Ali-TSM speed and memory on an AI-TOD-sized image, against the naive oracle of the tests.
+"""Ali-TSM speed and memory on an AI-TOD-sized image, against its dense reference.
 
-    python benchmarks/bench_assign.py [--gts 10 100 500 2000 5000] [--repeats 5] [--oracle-max 500] [--threads T]
+    python benchmarks/bench_assign.py [--gts 10 100 500 2000 5000] [--repeats 5] [--reference-max 500] [--threads T]
 
 Setting: 800 x 800 image, priors of P2-P6 (N = 53,294), C = 8 classes, logits ~ N(-2, 2^2), ground truths
 with uniform centres and log-normal sides (median 11 px, like AI-TOD's 12.8 px mean), aspect ~ logN(0, 0.3).
@@ -11,12 +11,11 @@ Every G runs in a fresh subprocess so that its memory figure is its own:
   just before them (inputs built, libraries loaded; the kernel's peak counter, VmHWM, is reset there
   through /proc/self/clear_refs), so it counts every byte the calls touched: torch tensors, allocator
   slack and Python objects;
-- oracle: one call of ``naive_alitsm_assign`` from tests/test_assign_alitsm.py (loops over ground
-  truths in Python), for G <= ``--oracle-max``; the two results are also checked to be equal.
+- reference: one call of ``alitsm_assign_reference`` (kldet/assign/reference.py: the spec on dense
+  G x N matrices), for G <= ``--reference-max``; the two results are also checked to be equal.
 """
 
 import argparse
-import importlib.util
 import json
 import math
 import resource
@@ -24,23 +23,14 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import torch
 
 from kldet.assign import alitsm_assign, receptive_field_priors
+from kldet.assign.reference import alitsm_assign_reference
 
-ROOT = Path(__file__).resolve().parents[1]
 IMAGE_SIZE = (800, 800)
 NUM_CLASSES = 8
-
-
-def load_oracle():
-    """The test suite's ``naive_alitsm_assign``: one definition, shared by the tests and this benchmark."""
-    spec = importlib.util.spec_from_file_location("alitsm_oracle", ROOT / "tests" / "test_assign_alitsm.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.naive_alitsm_assign
 
 
 def make_inputs(num_gts: int, seed: int = 0):
@@ -74,7 +64,7 @@ def peak_resident_mb() -> float:
     return int(line.split()[1]) / 1024
 
 
-def run_case(num_gts: int, repeats: int, oracle_max: int) -> dict:
+def run_case(num_gts: int, repeats: int, reference_max: int) -> dict:
     inputs = make_inputs(num_gts)
     alitsm_assign(*make_inputs(1, seed=1))  # load kernels outside the measurement
     reset_peak_resident()
@@ -91,11 +81,10 @@ def run_case(num_gts: int, repeats: int, oracle_max: int) -> dict:
         "seconds": statistics.median(times[1:]),
         "peak_extra_mb": max(0.0, peak - before),
     }
-    if num_gts <= oracle_max:
-        oracle = load_oracle()
+    if num_gts <= reference_max:
         start = time.perf_counter()
-        expected = oracle(*inputs)
-        result["oracle_seconds"] = time.perf_counter() - start
+        expected = alitsm_assign_reference(*inputs)
+        result["reference_seconds"] = time.perf_counter() - start
         result["equal"] = bool(torch.equal(expected, assigned))
     return result
 
@@ -106,35 +95,35 @@ def main() -> None:
     )
     parser.add_argument("--gts", type=int, nargs="+", default=[10, 100, 500, 2000, 5000])
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--oracle-max", type=int, default=500)
+    parser.add_argument("--reference-max", type=int, default=500)
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--case", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.case is not None:
-        print(json.dumps(run_case(args.case, args.repeats, args.oracle_max)))
+        print(json.dumps(run_case(args.case, args.repeats, args.reference_max)))
         return
     print(
         f"Ali-TSM, {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}, N = {len(receptive_field_priors(IMAGE_SIZE)[1]):,} priors, ",
         end="",
     )
     print(f"C = {NUM_CLASSES}, torch {torch.__version__}, {torch.get_num_threads()} threads\n")
-    print("| G | positives | time (median) | peak extra memory | naive oracle | speed-up | equal |")
+    print("| G | positives | time (median) | peak extra memory | dense reference | speed-up | equal |")
     print("|---:|---:|---:|---:|---:|---:|:---:|")
     for num_gts in args.gts:
         command = [sys.executable, __file__, "--case", str(num_gts), "--repeats", str(args.repeats)]
-        command += ["--oracle-max", str(args.oracle_max), "--threads", str(torch.get_num_threads())]
+        command += ["--reference-max", str(args.reference_max), "--threads", str(torch.get_num_threads())]
         row = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
-        oracle = row.get("oracle_seconds")
+        reference = row.get("reference_seconds")
         cells = [
             f"{num_gts:,}",
             f"{row['positives']:,}",
             f"{row['seconds'] * 1000:.0f} ms",
             f"{row['peak_extra_mb']:.0f} MB",
-            f"{oracle:.2f} s" if oracle is not None else "-",
-            f"{oracle / row['seconds']:.0f}x" if oracle is not None else "-",
-            ("yes" if row["equal"] else "NO") if oracle is not None else "-",
+            f"{reference:.2f} s" if reference is not None else "-",
+            f"{reference / row['seconds']:.0f}x" if reference is not None else "-",
+            ("yes" if row["equal"] else "NO") if reference is not None else "-",
         ]
         print("| " + " | ".join(cells) + " |", flush=True)
 

@@ -1,64 +1,20 @@
-"""Ali-TSM against a naive oracle, hand-built cases and the spec's invariants.
+"""Ali-TSM against its dense reference, hand-built cases and the spec's invariants.
 
-``naive_alitsm_assign`` is the oracle: it loops over ground truths in Python, scores every prior with
-the public metric functions, sorts them all, and resolves conflicts in a dict. It shares nothing with
-``alitsm_assign`` but the metric formulas (tested against hand values in test_boxes.py and below).
-benchmarks/bench_assign.py imports it from this file to time it.
+``alitsm_assign_reference`` (kldet/assign/reference.py) is the spec's definition on dense G x N matrices;
+it shares nothing with ``alitsm_assign`` but the metric formulas (tested against hand values in
+test_boxes.py and below), and is itself checked on a case worked out by hand.
 """
 
 import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torchvision.ops import box_iou
 
 import kldet.assign.alitsm as alitsm_module
 from kldet.assign import alitsm_assign, log_stage1_metric, receptive_field_priors, stage2_metric
-from kldet.boxes import kld, shrink_boxes
-
-
-def naive_alitsm_assign(
-    cls_logits: torch.Tensor,
-    priors: torch.Tensor,
-    gt_boxes: torch.Tensor,
-    gt_labels: torch.Tensor,
-    *,
-    topk: tuple[int, int] = (3, 1),
-    alpha: float = 1.0,
-    beta: float = 7.0,
-    alpha_m: float = 0.75,
-    ratio: float = 0.9,
-) -> torch.Tensor:
-    """Ali-TSM the slow, obvious way: one ground truth at a time, all N priors, Python conflict rules."""
-    k1, k2 = topk
-    log_scores, scores = F.logsigmoid(cls_logits), torch.sigmoid(cls_logits)
-    shrunk = shrink_boxes(priors, ratio)
-    stage1: dict[int, tuple[float, int]] = {}
-    for g in range(len(gt_boxes)):
-        label = int(gt_labels[g])
-        values = log_stage1_metric(log_scores[:, label], kld(priors, gt_boxes[g : g + 1])[0], alpha, beta)
-        for n in torch.sort(values, descending=True, stable=True).indices[:k1].tolist():
-            value = values[n].item()
-            # Strictly greater: on a tie the earlier (lower-index) ground truth keeps the prior.
-            if n not in stage1 or value > stage1[n][0]:
-                stage1[n] = (value, g)
-    stage2: dict[int, tuple[float, int]] = {}
-    for g in range(len(gt_boxes)):
-        label = int(gt_labels[g])
-        values = stage2_metric(scores[:, label], box_iou(gt_boxes[g : g + 1], shrunk)[0], alpha_m)
-        for n in torch.sort(values, descending=True, stable=True).indices[:k2].tolist():
-            value = values[n].item()
-            if n in stage1:
-                continue
-            if n not in stage2 or value > stage2[n][0]:
-                stage2[n] = (value, g)
-    assigned = torch.full((len(priors),), -1, dtype=torch.long)
-    for n, (_, g) in {**stage1, **stage2}.items():
-        assigned[n] = g
-    return assigned
+from kldet.assign.reference import alitsm_assign_reference
 
 
 def random_boxes(
@@ -79,11 +35,49 @@ def random_case(seed: int, num_gts: int, image_size: int = 128, num_classes: int
     return logits, priors, boxes, labels
 
 
+def test_reference_on_a_case_worked_out_by_hand():
+    # Seven 4 x 4 priors and two 4 x 4 ground truths: g0 centred (10, 10) of class 0, g1 centred (22, 10) of
+    # class 1. Equal sizes make KL = (dx^2 + dy^2) / 8 (up to the 1e-6 size epsilon). All logits are 0
+    # (S = 0.5) except S = sigmoid(1) for class 1 at prior 1 and S = sigmoid(4) for class 0 at prior 6.
+    #   prior centre    KL to g0  KL to g1
+    #   0     (10, 10)  0         18
+    #   1     (16, 10)  4.5       4.5
+    #   2     (10, 14)  2         20
+    #   3     (22, 10)  18        0
+    #   4     (22, 14)  20        2
+    #   5     (10, 16)  4.5       22.5
+    #   6     (40, 40)  225       153
+    # Stage 1 (top 3 by log A1 = log S - 7 log(1 + KL)): g0 takes 0, 2 and, of the tie 1 / 5, the lower
+    # index 1; g1 takes 3, 4, 1. Prior 1 is wanted by both at equal KL and goes to the higher S: g1. g0 does
+    # not get prior 5 instead.
+    centres = torch.tensor([[10, 10], [16, 10], [10, 14], [22, 10], [22, 14], [10, 16], [40, 40]])
+    priors = torch.cat((centres - 2, centres + 2), dim=1).float()
+    boxes = torch.tensor([[8.0, 8.0, 12.0, 12.0], [20.0, 8.0, 24.0, 12.0]])
+    labels = torch.tensor([0, 1])
+    logits = torch.zeros(7, 2)
+    logits[1, 1], logits[6, 0] = 1.0, 4.0
+    stage1 = [0, 1, 0, 1, 1, -1, -1]
+    # Stage 2 (top 1 by A2 = 0.25 S + 0.75 U): a prior's box shrunk by 0.9 (3.6 px) overlaps only the ground
+    # truth it is centred on, with U = 3.6^2 / 4^2 = 0.81, so A2 = 0.125 + 0.6075 = 0.7325 for g0 at prior 0
+    # and g1 at prior 3; the best elsewhere is 0.25 * sigmoid(4) = 0.245 (prior 6). Both bests are taken
+    # in stage 1, so stage 2 adds nothing.
+    assert alitsm_assign_reference(logits, priors, boxes, labels).tolist() == stage1
+    # alpha_m = 0.1: A2 = 0.9 S + 0.1 U. g0: prior 0 scores 0.45 + 0.081 = 0.531, prior 6 scores
+    # 0.9 * sigmoid(4) = 0.884 and is added. g1: prior 1 scores 0.9 * sigmoid(1) = 0.658 > 0.531 (prior 3),
+    # but it is taken: nothing is added.
+    with_far_prior = stage1[:6] + [0]
+    assert alitsm_assign_reference(logits, priors, boxes, labels, alpha_m=0.1).tolist() == with_far_prior
+    # With equal scores the conflict on prior 1 is a tie between ground truths: the lower index, g0, wins.
+    logits[1, 1] = 0.0
+    assert alitsm_assign_reference(logits, priors, boxes, labels).tolist() == [0, 0, 0, 1, 1, -1, -1]
+    assert alitsm_assign(logits, priors, boxes, labels).tolist() == [0, 0, 0, 1, 1, -1, -1]
+
+
 @pytest.mark.parametrize("num_gts", [0, 1, 2, 5, 17, 60])
 @pytest.mark.parametrize("seed", range(4))
-def test_equals_oracle_on_random_images(seed, num_gts):
+def test_equals_reference_on_random_images(seed, num_gts):
     logits, priors, boxes, labels = random_case(seed, num_gts)
-    expected = naive_alitsm_assign(logits, priors, boxes, labels)
+    expected = alitsm_assign_reference(logits, priors, boxes, labels)
     torch.testing.assert_close(alitsm_assign(logits, priors, boxes, labels), expected, rtol=0, atol=0)
 
 
@@ -99,18 +93,18 @@ def test_equals_oracle_on_random_images(seed, num_gts):
     ratio=st.sampled_from([0.5, 0.9, 1.0]),
     logit_scale=st.sampled_from([0.0, 1.0, 8.0]),
 )
-def test_equals_oracle_for_any_settings(seed, num_gts, k1, k2, alpha, beta, alpha_m, ratio, logit_scale):
+def test_equals_reference_for_any_settings(seed, num_gts, k1, k2, alpha, beta, alpha_m, ratio, logit_scale):
     logits, priors, boxes, labels = random_case(seed, num_gts, image_size=96)
     # logit_scale 0 makes all scores equal: every tie is then decided by the geometry and the index rules.
     logits = logits * logit_scale
     options = dict(topk=(k1, k2), alpha=alpha, beta=beta, alpha_m=alpha_m, ratio=ratio)
-    expected = naive_alitsm_assign(logits, priors, boxes, labels, **options)
+    expected = alitsm_assign_reference(logits, priors, boxes, labels, **options)
     torch.testing.assert_close(
         alitsm_assign(logits, priors, boxes, labels, **options), expected, rtol=0, atol=0
     )
 
 
-def test_equals_oracle_with_exact_ties():
+def test_equals_reference_with_exact_ties():
     # Boxes on the P2 grid, duplicated, all scores equal: many priors and ground truths tie exactly.
     _, priors = receptive_field_priors((64, 64))
     logits = torch.zeros(len(priors), 2)
@@ -127,13 +121,13 @@ def test_equals_oracle_with_exact_ties():
     )
     labels = torch.tensor([0, 0, 1, 0, 1, 1])
     for topk in [(3, 1), (1, 1), (4, 2)]:
-        expected = naive_alitsm_assign(logits, priors, boxes, labels, topk=topk)
+        expected = alitsm_assign_reference(logits, priors, boxes, labels, topk=topk)
         torch.testing.assert_close(
             alitsm_assign(logits, priors, boxes, labels, topk=topk), expected, rtol=0, atol=0
         )
 
 
-def test_equals_oracle_on_a_medium_image_with_crowds_large_and_elongated_objects():
+def test_equals_reference_on_a_medium_image_with_crowds_large_and_elongated_objects():
     generator = torch.Generator().manual_seed(7)
     _, priors = receptive_field_priors((320, 320))
     logits = torch.randn(len(priors), 4, generator=generator) * 3
@@ -146,23 +140,23 @@ def test_equals_oracle_on_a_medium_image_with_crowds_large_and_elongated_objects
     elongated = torch.cat((centres - half, centres + half), dim=1)
     boxes = torch.cat((tiny, crowd, large, elongated))
     labels = torch.randint(0, 4, (len(boxes),), generator=generator)
-    expected = naive_alitsm_assign(logits, priors, boxes, labels)
+    expected = alitsm_assign_reference(logits, priors, boxes, labels)
     torch.testing.assert_close(alitsm_assign(logits, priors, boxes, labels), expected, rtol=0, atol=0)
 
 
-def test_equals_oracle_for_priors_that_are_not_a_grid():
+def test_equals_reference_for_priors_that_are_not_a_grid():
     generator = torch.Generator().manual_seed(3)
     priors = random_boxes(generator, 500, 100, max_side=60)
     logits = torch.randn(500, 2, generator=generator)
     boxes = random_boxes(generator, 12, 100)
     labels = torch.randint(0, 2, (12,), generator=generator)
-    expected = naive_alitsm_assign(logits, priors, boxes, labels)
+    expected = alitsm_assign_reference(logits, priors, boxes, labels)
     torch.testing.assert_close(alitsm_assign(logits, priors, boxes, labels), expected, rtol=0, atol=0)
     # A shuffled grid is not a grid either.
     _, grid = receptive_field_priors((96, 96))
     order = torch.randperm(len(grid), generator=generator)
     logits = torch.randn(len(grid), 2, generator=generator)
-    expected = naive_alitsm_assign(logits, grid[order], boxes, labels)
+    expected = alitsm_assign_reference(logits, grid[order], boxes, labels)
     torch.testing.assert_close(alitsm_assign(logits, grid[order], boxes, labels), expected, rtol=0, atol=0)
 
 
@@ -170,7 +164,7 @@ def test_equals_oracle_for_priors_that_are_not_a_grid():
     ("radius", "sized_windows", "extra"),
     [(0, False, 0), (0, True, 0), (1, True, 1), (3, False, 32)],
 )
-def test_equals_oracle_when_windows_rarely_certify(radius, sized_windows, extra, monkeypatch):
+def test_equals_reference_when_windows_rarely_certify(radius, sized_windows, extra, monkeypatch):
     # Tiny first windows, no second windows (they are then as small as the first ones) and no spare
     # class candidates force the bounds, the retries and the exhaustive fallback to do the work; the
     # answer must not change.
@@ -185,7 +179,7 @@ def test_equals_oracle_when_windows_rarely_certify(radius, sized_windows, extra,
         )
     for seed in range(3):
         logits, priors, boxes, labels = random_case(seed, 40, image_size=160)
-        expected = naive_alitsm_assign(logits, priors, boxes, labels, topk=(3, 2))
+        expected = alitsm_assign_reference(logits, priors, boxes, labels, topk=(3, 2))
         assigned = alitsm_assign(logits, priors, boxes, labels, topk=(3, 2))
         torch.testing.assert_close(assigned, expected, rtol=0, atol=0)
 
@@ -218,7 +212,7 @@ def test_conflicts_go_to_the_higher_metric_and_a_taken_stage2_pick_adds_nothing(
     expected[[19, 26, 27]] = 1
     assigned = alitsm_assign(logits, priors, boxes, labels)
     assert torch.equal(assigned, expected)
-    assert torch.equal(naive_alitsm_assign(logits, priors, boxes, labels), expected)
+    assert torch.equal(alitsm_assign_reference(logits, priors, boxes, labels), expected)
     # Equal scores: the tie goes to the lower ground-truth index.
     logits[:, 1] = 0.0
     expected[[19, 26, 27]] = 0

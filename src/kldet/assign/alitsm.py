@@ -1,9 +1,10 @@
 """Ali-TSM: adaptive online training sample mining (KLDET_SPEC.md section 5).
 
-The result equals evaluating both metrics for every (ground truth, prior) pair, which costs G x N
-(2.8 s for stage 1 alone at G = 500, N = 53,294 on a 2-core CPU). When the priors form a grid per
-level (as :func:`kldet.assign.receptive_field_priors` makes them) only candidates near each ground
-truth are evaluated, and a bound proves that no other prior can enter its top-k:
+The result equals :func:`kldet.assign.reference.alitsm_assign_reference`, which evaluates both metrics
+for every (ground truth, prior) pair and costs G x N (2.8 s for stage 1 alone at G = 500, N = 53,294 on
+a 2-core CPU). When the priors form a grid per level (as :func:`kldet.assign.receptive_field_priors`
+makes them) only candidates near each ground truth are evaluated, and a bound proves that no other
+prior can enter its top-k:
 
 - Stage 1: log A1 = alpha log S - beta log(1 + KL) falls quickly with the centre offset. Each ground
   truth evaluates a window of cells about its centre on every level; a prior outside the window is at

@@ -28,6 +28,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from kldet.cli.dotlist import parse_dotlist
+from kldet.cli.validate import validate_config
 from kldet.errors import KLDetConfigError, KLDetError
 from kldet.evaluation import evaluate_results_file, format_table
 
@@ -81,8 +82,7 @@ def checkpoint_config(overrides: list[str]) -> DictConfig:
         raise KLDetConfigError(str(e).splitlines()[0]) from None
     # Lets ${hydra:runtime.cwd} in conf/paths resolve as it does under kldet-train.
     HydraConfig.instance().set_config(cfg)
-    if cfg.split not in ("val", "test"):
-        raise KLDetConfigError(f"split={cfg.split!r}: choose val or test (data.val_split / data.test_split)")
+    validate_config(cfg)
     return cfg
 
 
@@ -92,12 +92,14 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
     Prints the table and writes the metrics JSON (``cfg.out`` or ``metrics_<split>.json`` beside the
     checkpoint); returns the metrics without the split prefix.
     """
-    from kldet.cli.train import build_datamodule, build_trainer, prefixed
+    from kldet.cli.train import build_datamodule, build_trainer, prefixed, read_data
     from kldet.lit import KLDetModule
 
     ckpt = Path(cfg.ckpt)
-    datamodule = build_datamodule(cfg)
     module = KLDetModule.from_checkpoint(ckpt, metric=cfg.module.metric)
+    datamodule = build_datamodule(cfg)
+    # Only the evaluated split has to exist.
+    read_data(cfg, datamodule, ("validate",) if cfg.split == "val" else ("test",))
     if module.hparams["classes"] != datamodule.classes:
         raise KLDetConfigError(
             f"checkpoint {ckpt} was trained on classes {module.hparams['classes']}, "
@@ -124,6 +126,12 @@ def main(argv: list[str] | None = None) -> int:
         if any(arg.startswith("ckpt=") for arg in argv):
             evaluate_checkpoint(checkpoint_config(argv))
             return 0
+        if not any(arg.startswith("results=") for arg in argv):
+            raise KLDetConfigError(
+                "nothing to evaluate: give ckpt=CHECKPOINT to evaluate a checkpoint on a data split "
+                "(with data=..., split=val|test, data.* keys as for kldet-train), or results=RESULTS.json to "
+                "score a COCO results file (with ann=ANN.json, or metric=voc root=... split=...); see kldet-eval --help"
+            )
         run(parse_dotlist(EvaluateConfig, argv, "kldet-eval"))
     except (KLDetError, OSError) as e:  # OSError: the output cannot be written
         print(f"kldet-eval: error: {e}", file=sys.stderr)

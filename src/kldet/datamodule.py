@@ -253,8 +253,9 @@ class KLDetDataModule(L.LightningDataModule):
         Raises:
             KLDetDataError: naming the split's files and why nothing is left.
         """
-        split = self.splits[stage]
-        where = f"{stage} split {split!r} ({dataset.source})" if split else f"{stage} data ({dataset.source})"
+        by_name = self.given_files(stage)[0] is None and self.splits[stage] is not None
+        where = f"{stage} split {self.splits[stage]!r}" if by_name else f"{stage} data"
+        where += f" ({dataset.source})"
         if not dataset.records:
             skipped = Counter(problem.kind for problem in dataset.problems if problem.skips == "image")
             reason = (

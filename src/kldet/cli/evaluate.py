@@ -24,7 +24,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from kldet.cli.dotlist import parse_dotlist
@@ -82,6 +82,10 @@ def checkpoint_config(overrides: list[str]) -> DictConfig:
         raise KLDetConfigError(str(e).splitlines()[0]) from None
     # Lets ${hydra:runtime.cwd} in conf/paths resolve as it does under kldet-train.
     HydraConfig.instance().set_config(cfg)
+    # The evaluation builds neither training callbacks nor loggers.
+    with open_dict(cfg):
+        cfg.callbacks = None
+        cfg.logger = None
     validate_config(cfg)
     return cfg
 

@@ -31,6 +31,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig
 
 from kldet.checkpoint import read_checkpoint
+from kldet.cli.logs import FILE_ONLY, capture_warnings
 from kldet.cli.validate import validate_config
 from kldet.data import IMAGENET_MEAN, IMAGENET_STD
 from kldet.data.synthetic import generate
@@ -242,7 +243,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         test_metrics = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
         metrics.update(test_metrics[0])
         if trainer.is_global_zero:
-            print(format_table(prefixed(test_metrics[0], "test/"), cfg.module.metric, datamodule.classes))
+            table = format_table(prefixed(test_metrics[0], "test/"), cfg.module.metric, datamodule.classes)
+            print(table)
+            log.info("test metrics of %s:\n%s", best or "the last weights", table, extra=FILE_ONLY)
     if trainer.is_global_zero:
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         log.info("run folder: %s", output_dir)
@@ -252,6 +255,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Entry point ``kldet-train``; returns ``cfg.monitor`` for Hydra sweepers."""
+    capture_warnings()
     try:
         metrics = train(cfg)
     except KLDetError as error:

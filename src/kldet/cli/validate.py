@@ -153,21 +153,31 @@ TOP_LEVEL: dict[str, Any] = {
 
 
 def _parameters(target: Callable[..., Any], excluded: frozenset[str] = frozenset()) -> dict[str, Any] | None:
-    """Keyword arguments of ``target`` and their type hints (``Any`` where unknown); None when it takes
-    ``**kwargs`` (then any key is accepted)."""
-    function = target.__init__ if inspect.isclass(target) else target
-    signature = inspect.signature(function)
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()):
-        return None
-    try:
-        hints = typing.get_type_hints(function)
-    except (NameError, TypeError):
-        hints = {}
-    return {
-        name: hints.get(name, Any)
-        for name, parameter in signature.parameters.items()
-        if name != "self" and name not in excluded and parameter.kind is not inspect.Parameter.VAR_POSITIONAL
-    }
+    """Keyword arguments of ``target`` and their type hints (``Any`` where unknown); None when any key is
+    accepted (``**kwargs`` that reach no class with a fixed signature).
+
+    A class whose ``__init__`` passes ``**kwargs`` on takes the keywords of its bases' ``__init__`` too.
+    """
+    functions = (
+        [vars(cls)["__init__"] for cls in target.__mro__ if "__init__" in vars(cls)]
+        if inspect.isclass(target)
+        else [target]
+    )
+    found: dict[str, Any] = {}
+    for function in functions:
+        signature = inspect.signature(function)
+        try:
+            hints = typing.get_type_hints(function)
+        except (NameError, TypeError):
+            hints = {}
+        for name, parameter in signature.parameters.items():
+            if parameter.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
+                continue
+            if name != "self" and name not in excluded:
+                found.setdefault(name, hints.get(name, Any))
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()):
+            return found
+    return None
 
 
 def _optim_hints() -> dict[str, Any]:

@@ -28,6 +28,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback as HydraCallback
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from kldet.checkpoint import read_checkpoint
@@ -260,6 +261,8 @@ def main(cfg: DictConfig) -> float | None:
         metrics = train(cfg)
     except KLDetError as error:
         print(f"kldet-train: error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except SIGTERMException:  # Lightning's exits with status 0; the run did not finish
         raise SystemExit(1) from None
     return metrics.get(cfg.monitor)
 

@@ -422,45 +422,49 @@ def wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> Non
         time.sleep(0.2)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_an_interrupt_saves_the_current_step_and_says_how_to_resume(tmp_path, data_dir, trained, signum):
-    run = tmp_path / "run"
-    process = start_training(data_dir, run, "seed=5")
-    last = run / "checkpoints" / "last.ckpt"
-    wait_for(last, process)  # epoch 0 is done: 2 steps of batch 2 over 5 images (the last one of 1)
-    time.sleep(1.0)
-    process.send_signal(signum)
-    assert process.wait(timeout=120) == 1
-    output = (tmp_path / "run.out").read_text()
-    step = int(re.search(r"interrupted at global step (\d+): saved", output)[1])
-    saved = torch.load(last, map_location="cpu", weights_only=True)
-    assert saved["global_step"] == step > 2
-    resume = re.search(r"resume with: (kldet-train .*) ckpt_path=(\S+)$", output, re.MULTILINE)
-    assert resume[2] == str(last) and "seed=5" in resume[1] and "experiment=synthetic" in resume[1]
-    assert "Traceback" not in output
-
-
-@pytest.mark.slow
-def test_kill_9_resumes_from_the_last_saved_step(tmp_path, data_dir, trained):
-    run = tmp_path / "run"
-    process = start_training(data_dir, run)
-    last = run / "checkpoints" / "last.ckpt"
-    wait_for(last, process)
-    time.sleep(0.5)
-    process.kill()
-    process.wait(timeout=60)
-    saved = torch.load(last, map_location="cpu", weights_only=True)
-    cfg = tiny_config(
-        data_dir, tmp_path / "resumed", "test=false", f"trainer.max_epochs={saved['epoch'] + 2}"
-    )
+def resumed_step(data_dir, run, ckpt) -> int:
+    """The global step at which training resumed from ``ckpt`` (in this process)."""
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)
+    cfg = tiny_config(data_dir, run, "test=false", f"trainer.max_epochs={saved['epoch'] + 2}")
     datamodule = build_datamodule(cfg)
-    module = build_module(cfg, datamodule)
     trainer = build_trainer(cfg)
     probe = Probe()
     trainer.callbacks.append(probe)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=last)
-    assert probe.global_step == saved["global_step"] > 0
+    trainer.fit(build_module(cfg, datamodule), datamodule=datamodule, ckpt_path=ckpt)
+    return probe.global_step
+
+
+@pytest.mark.slow
+def test_interrupts_save_the_current_step_and_a_kill_resumes_from_the_last_saved_one(
+    tmp_path, data_dir, trained
+):
+    # Three runs at once (most of their time is start-up): Ctrl-C, SIGTERM and kill -9 once epoch 0
+    # (3 steps: 5 images in batches of 2) is saved and a few more steps ran.
+    names = ("SIGINT", "SIGTERM", "SIGKILL")
+    processes = {name: start_training(data_dir, tmp_path / name, "seed=5") for name in names}
+    for name, process in processes.items():
+        wait_for(tmp_path / name / "checkpoints" / "last.ckpt", process)
+    time.sleep(1.0)
+    for name, process in processes.items():
+        process.send_signal(getattr(signal, name))
+    assert processes["SIGKILL"].wait(timeout=120) == -signal.SIGKILL
+    steps = {}
+    for name in ("SIGINT", "SIGTERM"):
+        assert processes[name].wait(timeout=120) == 1
+        output = (tmp_path / f"{name}.out").read_text()
+        last = tmp_path / name / "checkpoints" / "last.ckpt"
+        steps[name] = int(re.search(r"interrupted at global step (\d+): saved", output)[1])
+        assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == steps[name] > 3
+        resume = re.search(r"resume with: (kldet-train .*) ckpt_path=(\S+)$", output, re.MULTILINE)
+        assert resume[2] == str(last) and "seed=5" in resume[1] and "experiment=synthetic" in resume[1]
+        assert "Traceback" not in output
+    assert (
+        resumed_step(data_dir, tmp_path / "resumed_int", tmp_path / "SIGINT" / "checkpoints" / "last.ckpt")
+        == steps["SIGINT"]
+    )
+    killed = tmp_path / "SIGKILL" / "checkpoints" / "last.ckpt"
+    saved_step = torch.load(killed, map_location="cpu", weights_only=True)["global_step"]
+    assert resumed_step(data_dir, tmp_path / "resumed_kill", killed) == saved_step >= 3
 
 
 # --- DDP and bf16 ---------------------------------------------------------------------------------------

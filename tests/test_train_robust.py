@@ -77,6 +77,7 @@ def train_fails(monkeypatch, capsys, *argv, base=TINY) -> str:
         ("data.hflip=1.5", "data.hflip=1.5: must be in [0, 1]"),
         ("model.nms_thresh=-0.1", "model.nms_thresh=-0.1: must be in [0, 1]"),
         ("model.topk=[3,-1]", "model.topk=[3, -1]: must be >= 0"),
+        ("optim.milestones=[8,x]", "optim.milestones=[8, 'x']: must be a list, each item an integer"),
         ("optim.lr=0", "optim.lr=0: must be > 0"),
         ("optim.warmup=cosine", "optim.warmup='cosine': choose one of constant, linear, none"),
         ("trainer.precision=half", "trainer.precision='half': must be one of"),

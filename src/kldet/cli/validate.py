@@ -216,7 +216,7 @@ def describe(hint: Any) -> str:
     if origin is typing.Literal:
         return "one of " + ", ".join(map(str, args))
     if origin is not None and issubclass(origin, collections.abc.Sequence) and origin is not str:
-        return f"a list of ({describe(args[0])})" if args else "a list"
+        return f"a list, each item {describe(args[0])}" if args else "a list"
     if origin is not None and issubclass(origin, collections.abc.Mapping):
         return "a mapping"
     names = {type(None): "null", bool: "true or false", int: "an integer", float: "a number", str: "a string"}

@@ -350,9 +350,10 @@ class KLDetModule(L.LightningModule):
         logged = {f"{stage}/{name}": float(value) for name, value in values.items()}
         self.log_dict(logged, sync_dist=True, reduce_fx="max")
         if self.trainer.is_global_zero:
-            summary = ", ".join(
-                f"{k} {v:.4f}" for k, v in logged.items() if "/AP_" not in k and "/AP07_" not in k
-            )
+            per_class = {
+                f"{stage}/{prefix}_{name}" for name in self.hparams["classes"] for prefix in ("AP", "AP07")
+            }
+            summary = ", ".join(f"{key} {value:.4f}" for key, value in logged.items() if key not in per_class)
             log.info("%s, epoch %d (step %d): %s", stage, self.current_epoch, self.global_step, summary)
 
     def _log_images(
@@ -474,6 +475,7 @@ class InterruptCheckpoint(L.Callback):
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
+        self._restore_handler()
         # A SIGTERM seen first by Lightning's loops (e.g. during validation) is raised on every process.
         if isinstance(exception, SIGTERMException) and trainer.training and not self.saved:
             self.save(trainer)

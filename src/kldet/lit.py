@@ -482,7 +482,7 @@ class InterruptCheckpoint(L.Callback):
 
     def save(self, trainer: L.Trainer) -> None:
         """Writes the checkpoint (a collective call under DDP) and logs where it is and how to resume."""
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)  # the full training state
         self.saved = True
         if trainer.is_global_zero:
             log.warning(

@@ -85,7 +85,7 @@ def read_data(cfg: DictConfig, datamodule: KLDetDataModule, stages: Sequence[str
             datamodule.setup(stage)
     except KLDetConfigError as error:
         raise KLDetConfigError(
-            f"{error}\nkldet-train keys: data.root=... (now {cfg.data.root}), or data.<split>_ann=... and "
+            f"{error}\nkeys: data.root=... (now {cfg.data.root}), or data.<split>_ann=... and "
             "data.<split>_images=... per split; paths.data_dir=... moves the default roots of all data sets"
         ) from None
 

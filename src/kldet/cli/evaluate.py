@@ -8,7 +8,7 @@ and writes the metrics JSON.
 
 checkpoint mode (ckpt=...): Hydra overrides of conf/eval.yaml: data (aitod | dior | coco | synthetic) and
 data.* keys as for kldet-train, split (val | test), trainer / precision, out (default: metrics_SPLIT.json
-next to the checkpoint).
+next to the checkpoint). Only the evaluated split has to exist.
 results mode keys: results (COCO results JSON), ann (COCO annotation JSON; metric aitod or coco),
 metric (aitod | coco | voc), root and split (DIOR / Pascal VOC data set; metric voc),
 out (metrics JSON to write).

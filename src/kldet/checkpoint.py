@@ -47,29 +47,8 @@ def load_detector(
         KLDetError: the file is missing, not a checkpoint, or its weights do not fit its own model.
     """
     path = Path(path)
-    if not path.is_file():
-        raise KLDetError(f"checkpoint {path} does not exist")
-    try:
-        # Plain dicts, lists and tensors only: no arbitrary code runs while loading.
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as error:
-        # torch's message is a page long; its "Unsupported global: GLOBAL x.y" line names the culprit.
-        culprit = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
-        reason = f"it stores a {culprit[1]} object" if culprit else "not a torch checkpoint"
-        raise KLDetError(
-            f"checkpoint {path}: {reason}; kldet reads checkpoints holding only tensors and plain "
-            "containers (torch.load weights_only=True)"
-        ) from error
-    except (RuntimeError, EOFError, OSError) as error:
-        raise KLDetError(f"checkpoint {path}: not a readable torch checkpoint ({error})") from error
-    hyper_parameters = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
-    if not isinstance(hyper_parameters, dict) or not isinstance(checkpoint.get("state_dict"), dict):
-        raise KLDetError(
-            f"checkpoint {path}: no 'hyper_parameters' and 'state_dict' (not a kldet checkpoint)"
-        )
-    missing = [key for key in REQUIRED_HYPER_PARAMETERS if key not in hyper_parameters]
-    if missing:
-        raise KLDetError(f"checkpoint {path}: hyper_parameters lack {', '.join(missing)}")
+    checkpoint = read_checkpoint(path, map_location)
+    hyper_parameters = checkpoint["hyper_parameters"]
 
     # The checkpoint's weights replace the backbone's initial ones, so never read pretrained files.
     model_kwargs = {**hyper_parameters["model"], "weights": None, **(overrides or {})}
@@ -111,6 +90,40 @@ def load_detector(
             f"and {len(meta['category_ids'])} category ids"
         )
     return model.to(map_location).eval(), meta
+
+
+def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The dict a kldet checkpoint holds (see the module docstring), read without running any code.
+
+    Raises:
+        KLDetError: the file is missing, is not a torch checkpoint, stores objects other than tensors and
+            plain containers, or lacks the kldet ``hyper_parameters`` and ``state_dict``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise KLDetError(f"checkpoint {path} does not exist")
+    try:
+        # Plain dicts, lists and tensors only: no arbitrary code runs while loading.
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        # torch's message is a page long; its "Unsupported global: GLOBAL x.y" line names the culprit.
+        culprit = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        reason = f"it stores a {culprit[1]} object" if culprit else "not a torch checkpoint"
+        raise KLDetError(
+            f"checkpoint {path}: {reason}; kldet reads checkpoints holding only tensors and plain "
+            "containers (torch.load weights_only=True)"
+        ) from error
+    except (RuntimeError, EOFError, OSError) as error:
+        raise KLDetError(f"checkpoint {path}: not a readable torch checkpoint ({error})") from error
+    hyper_parameters = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+    if not isinstance(hyper_parameters, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise KLDetError(
+            f"checkpoint {path}: no 'hyper_parameters' and 'state_dict' (not a kldet checkpoint)"
+        )
+    missing = [key for key in REQUIRED_HYPER_PARAMETERS if key not in hyper_parameters]
+    if missing:
+        raise KLDetError(f"checkpoint {path}: hyper_parameters lack {', '.join(missing)}")
+    return checkpoint
 
 
 def save_detector(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
@@ -27,8 +29,10 @@ from kldet.data import (
 )
 from kldet.data.coco import categories_of
 from kldet.data.dior import DIFFICULT_MODES
-from kldet.errors import KLDetConfigError
+from kldet.errors import KLDetConfigError, KLDetDataError
 from kldet.model.normalization import InputNormalization
+
+log = logging.getLogger(__name__)
 
 FORMATS = ("aitod", "dior", "coco")
 STAGES = ("train", "val", "test")
@@ -49,6 +53,8 @@ class KLDetDataModule(L.LightningDataModule):
         train_split, val_split, test_split: split names; None leaves that stage without data.
         train_ann, val_ann, test_ann, train_images, val_images, test_images: annotation file and
             image folder of a split, overriding what ``root`` and the split name give (aitod, coco).
+            A stage given neither takes those of another stage that names the same split (with
+            ``test_split`` equal to ``val_split``, ``val_ann``/``val_images`` serve the test stage too).
         predict_images: folder of images to predict; None predicts the test split.
         batch_size: training images per batch; ``eval_batch_size`` for the other loaders (default the same).
         num_workers, persistent_workers: DataLoader worker processes, kept alive between epochs.
@@ -66,6 +72,8 @@ class KLDetDataModule(L.LightningDataModule):
             :class:`~kldet.model.InputNormalization` or its ``{"channel_order", "mean", "std"}`` dict; None
             is the pytorch style's (RGB, ImageNet). Not a data config key: kldet-train derives it from
             ``model.style`` (:func:`kldet.model.input_normalization`), kldet-eval from the checkpoint.
+        allow_no_objects: accept a training split without a single object (strict loading otherwise
+            stops with an error; lenient loading warns).
     """
 
     def __init__(
@@ -97,6 +105,7 @@ class KLDetDataModule(L.LightningDataModule):
         difficult: str = "object",
         filter_empty_gt: bool = False,
         normalization: InputNormalization | Mapping[str, Any] | None = None,
+        allow_no_objects: bool = False,
     ):
         super().__init__()
         if format not in FORMATS:
@@ -126,6 +135,7 @@ class KLDetDataModule(L.LightningDataModule):
             raise KLDetConfigError(f"data difficult={difficult!r} is not one of {', '.join(DIFFICULT_MODES)}")
         self.difficult = difficult
         self.filter_empty_gt = filter_empty_gt
+        self.allow_no_objects = allow_no_objects
         self.sets: dict[str, DetectionSet] = {}
         self._categories: tuple[list[str], list[int]] | None = None
 
@@ -150,9 +160,12 @@ class KLDetDataModule(L.LightningDataModule):
 
     def ground_truth(self, stage: str) -> DetectionSet:
         """The records of ``stage`` ("train", "val" or "test"): training targets and evaluation ground truth
-        in original pixels, with the image ids that predictions are matched on. Reads the split if needed."""
+        in original pixels, with the image ids that predictions are matched on. Reads the split if needed
+        (once for stages that resolve to the same files)."""
         if stage not in self.sets:
-            self.sets[stage] = self.read_split(stage)
+            location = self.locate(stage)
+            same = next((self.sets[other] for other in self.sets if self.locate(other) == location), None)
+            self.sets[stage] = same if same is not None else self.checked(stage, self.read_split(stage))
         return self.sets[stage]
 
     def annotation_file(self, stage: str) -> Path | None:
@@ -204,13 +217,24 @@ class KLDetDataModule(L.LightningDataModule):
 
     # --- reading --------------------------------------------------------------------------------------
 
+    def given_files(self, stage: str) -> tuple[str | None, str | None]:
+        """The annotation file and image folder given for ``stage``; when neither is, those given for
+        another stage that names the same split (``test_split: val`` uses ``val_ann``, ``val_images``)."""
+        if self.ann_files[stage] is None and self.image_dirs[stage] is None:
+            for other in STAGES:
+                same_split = self.splits[stage] is not None and self.splits[other] == self.splits[stage]
+                if same_split and self.ann_files[other] is not None:
+                    return self.ann_files[other], self.image_dirs[other]
+        return self.ann_files[stage], self.image_dirs[stage]
+
     def locate(self, stage: str) -> tuple[Path, Path]:
         """``(annotation file, image folder)`` of ``stage`` for aitod and coco; ``(split file, root)`` for dior.
 
         Raises:
             KLDetConfigError: saying where the files are expected and which keys to set.
         """
-        split, ann, images = self.splits[stage], self.ann_files[stage], self.image_dirs[stage]
+        split = self.splits[stage]
+        ann, images = self.given_files(stage)
         keys = f"set root= (the data set folder), or {stage}_ann= and {stage}_images="
         if self.format == "dior":
             if self.root is None or split is None:
@@ -250,15 +274,62 @@ class KLDetDataModule(L.LightningDataModule):
             return read_aitod(ann_file, image_dir, **options)
         return read_coco(ann_file, image_dir, classes=self.classes, **options)
 
+    def checked(self, stage: str, dataset: DetectionSet) -> DetectionSet:
+        """``dataset`` if it can serve ``stage``: at least one image, and for training at least one object
+        unless ``allow_no_objects`` (lenient loading then only warns).
+
+        Raises:
+            KLDetDataError: naming the split's files and why nothing is left.
+        """
+        by_name = self.given_files(stage)[0] is None and self.splits[stage] is not None
+        where = f"{stage} split {self.splits[stage]!r}" if by_name else f"{stage} data"
+        where += f" ({dataset.source})"
+        if not dataset.records:
+            skipped = Counter(problem.kind for problem in dataset.problems if problem.skips == "image")
+            reason = (
+                "every image was skipped as bad ("
+                + ", ".join(f"{n} {kind}" for kind, n in skipped.items())
+                + ")"
+                if skipped
+                else "it lists no images"
+            )
+            raise KLDetDataError(
+                f"{where}: no images to {'train' if stage == 'train' else 'evaluate'} on: {reason}"
+            )
+        if stage == "train" and not any(len(record.boxes) for record in dataset.records):
+            message = (
+                f"{where}: {len(dataset.records)} images but not a single object to learn from "
+                "(no annotations, or all of them ignored or skipped)"
+            )
+            if not (self.lenient or self.allow_no_objects):
+                raise KLDetDataError(f"{message}; set allow_no_objects=true if that is intended")
+            log.warning("%s: training learns only background", message)
+        return dataset
+
     def _class_info(self) -> tuple[list[str], list[int]]:
         if self._categories is None:
             if self.format == "aitod":
                 self._categories = list(AITOD_CLASSES), list(range(1, len(AITOD_CLASSES) + 1))
             elif self.format == "dior":
                 self._categories = list(DIOR_CLASSES), list(range(1, len(DIOR_CLASSES) + 1))
-            else:  # the training annotation file defines the classes of every split
-                stage = next((s for s in STAGES if self.has_split(s)), "train")
-                self._categories = categories_of(self.locate(stage)[0])
+            else:  # the first split that resolves (the training file in training) defines the classes
+                errors = []
+                for stage in (s for s in STAGES if self.has_split(s)):
+                    try:
+                        ann_file = self.locate(stage)[0]
+                    except KLDetConfigError as error:
+                        errors.append(error)
+                        continue
+                    self._categories = categories_of(ann_file)
+                    break
+                else:
+                    raise (
+                        errors[0]
+                        if errors
+                        else KLDetConfigError(
+                            "coco data: no split configured; set train_split= (with root=) or train_ann= and train_images="
+                        )
+                    )
         return self._categories
 
     def _loader(

@@ -11,6 +11,9 @@ import functools
 import logging
 import math
 import os
+import shlex
+import signal
+import threading
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -19,6 +22,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor, nn
 
@@ -28,6 +32,8 @@ from kldet.errors import KLDetConfigError, KLDetError
 from kldet.evaluation import DetectionMetric
 from kldet.inference.render import draw_detections
 from kldet.model import InputNormalization, KLDet
+
+log = logging.getLogger(__name__)
 
 # Spec section 6: SGD lr 0.0025 at batch 2, momentum 0.9, weight decay 1e-4, biases 2x lr and no
 # decay, constant warm-up 1/3 for 10,000 iterations, x0.1 after epochs 8 and 11.
@@ -344,6 +350,12 @@ class KLDetModule(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         self._report_skipped("train")
+        if self.trainer.is_global_zero:
+            losses = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("train/")}
+            summary = ", ".join(f"{name} {value:.4f}" for name, value in sorted(losses.items()))
+            log.info(
+                "epoch %d (step %d): %s", self.current_epoch, self.global_step, summary or "no losses logged"
+            )
 
     def on_validation_epoch_end(self) -> None:
         self._report_skipped("val")
@@ -371,10 +383,19 @@ class KLDetModule(L.LightningModule):
         self._skipped_files[stage].clear()
 
     def _log_metric(self, metric: DetectionMetric, stage: str) -> None:
-        # compute() gathers over DDP ranks itself, so the values are already global.
+        # compute() gathers every process's detections, so each process holds the same global values:
+        # reducing them with max keeps them exactly (a mean could change the last bit) and gives every
+        # process the monitored value that checkpoint callbacks read.
         values = metric.compute()
         metric.reset()
-        self.log_dict({f"{stage}/{name}": float(value) for name, value in values.items()}, sync_dist=False)
+        logged = {f"{stage}/{name}": float(value) for name, value in values.items()}
+        self.log_dict(logged, sync_dist=True, reduce_fx="max")
+        if self.trainer.is_global_zero:
+            per_class = {
+                f"{stage}/{prefix}_{name}" for name in self.hparams["classes"] for prefix in ("AP", "AP07")
+            }
+            summary = ", ".join(f"{key} {value:.4f}" for key, value in logged.items() if key not in per_class)
+            log.info("%s, epoch %d (step %d): %s", stage, self.current_epoch, self.global_step, summary)
 
     def _log_images(
         self,
@@ -446,3 +467,69 @@ class KLDetModule(L.LightningModule):
         if batch_size is None:
             raise KLDetConfigError("optim.auto_scale_lr needs a train dataloader with a fixed batch_size")
         return batch_size * trainer.world_size * trainer.accumulate_grad_batches
+
+
+class InterruptCheckpoint(L.Callback):
+    """On Ctrl-C (SIGINT) or SIGTERM during training, finishes the step in progress, saves a resumable
+    checkpoint of it and says how to resume; the process then exits with status 1.
+
+    SIGINT becomes a request honoured at the end of the current training step (a second Ctrl-C stops at
+    once, without a checkpoint); SIGTERM is Lightning's own request (``trainer.received_sigterm``), taken
+    at the same point. Under DDP a request on any process stops all of them at the same step.
+
+    Args:
+        path: the checkpoint to write (kldet-train: ``<run folder>/checkpoints/last.ckpt``).
+        resume_command: the command line that restarts this run, without ``ckpt_path=``.
+    """
+
+    def __init__(self, path: str | os.PathLike, resume_command: str = "kldet-train") -> None:
+        self.path = os.fspath(path)
+        self.resume_command = resume_command
+        self.requested = False
+        self.saved = False
+        self._previous_handler: Any = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._previous_handler = signal.signal(signal.SIGINT, self._request)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore_handler()
+
+    def _request(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        self._restore_handler()
+
+    def _restore_handler(self) -> None:
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGINT, self._previous_handler)
+            self._previous_handler = None
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        # One small all-reduce under DDP, so that every process stops after the same step.
+        if trainer.strategy.reduce_boolean_decision(self.requested or trainer.received_sigterm, all=False):
+            self.save(trainer)
+            raise KeyboardInterrupt
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        self._restore_handler()
+        # A SIGTERM seen first by Lightning's loops (e.g. during validation) is raised on every process.
+        if isinstance(exception, SIGTERMException) and trainer.training and not self.saved:
+            self.save(trainer)
+
+    def save(self, trainer: L.Trainer) -> None:
+        """Writes the checkpoint (a collective call under DDP) and logs where it is and how to resume."""
+        trainer.save_checkpoint(self.path, weights_only=False)  # the full training state
+        self.saved = True
+        if trainer.is_global_zero:
+            log.warning(
+                "interrupted at global step %d: saved %s; resume with: %s ckpt_path=%s",
+                trainer.global_step,
+                self.path,
+                self.resume_command,
+                shlex.quote(self.path),
+            )

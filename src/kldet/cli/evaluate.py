@@ -8,7 +8,7 @@ and writes the metrics JSON.
 
 checkpoint mode (ckpt=...): Hydra overrides of conf/eval.yaml: data (aitod | dior | coco | synthetic) and
 data.* keys as for kldet-train, split (val | test), trainer / precision, out (default: metrics_SPLIT.json
-next to the checkpoint).
+next to the checkpoint). Only the evaluated split has to exist.
 results mode keys: results (COCO results JSON), ann (COCO annotation JSON; metric aitod or coco),
 metric (aitod | coco | voc), root and split (DIOR / Pascal VOC data set; metric voc),
 difficult (object | ignore: VOC difficult objects, as data.difficult; metric voc), out (metrics JSON to write).
@@ -24,10 +24,11 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from kldet.cli.dotlist import parse_dotlist
+from kldet.cli.validate import validate_config
 from kldet.errors import KLDetConfigError, KLDetError
 from kldet.evaluation import evaluate_results_file, format_table
 
@@ -89,8 +90,11 @@ def checkpoint_config(overrides: list[str]) -> DictConfig:
         raise KLDetConfigError(str(e).splitlines()[0]) from None
     # Lets ${hydra:runtime.cwd} in conf/paths resolve as it does under kldet-train.
     HydraConfig.instance().set_config(cfg)
-    if cfg.split not in ("val", "test"):
-        raise KLDetConfigError(f"split={cfg.split!r}: choose val or test (data.val_split / data.test_split)")
+    # The evaluation builds neither training callbacks nor loggers.
+    with open_dict(cfg):
+        cfg.callbacks = None
+        cfg.logger = None
+    validate_config(cfg)
     return cfg
 
 
@@ -100,7 +104,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
     Prints the table and writes the metrics JSON (``cfg.out`` or ``metrics_<split>.json`` beside the
     checkpoint); returns the metrics without the split prefix.
     """
-    from kldet.cli.train import build_datamodule, build_trainer, prefixed
+    from kldet.cli.train import build_datamodule, build_trainer, prefixed, read_data
     from kldet.lit import KLDetModule
 
     ckpt = Path(cfg.ckpt)
@@ -108,6 +112,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
     # The images are normalised as in training (the checkpoint's channel order, mean and std), whatever
     # model the configuration names.
     datamodule = build_datamodule(cfg, normalization=module.normalization.as_preprocess())
+    # Only the evaluated split has to exist.
+    read_data(cfg, datamodule, ("validate",) if cfg.split == "val" else ("test",))
     if module.hparams["classes"] != datamodule.classes:
         raise KLDetConfigError(
             f"checkpoint {ckpt} was trained on classes {module.hparams['classes']}, "
@@ -134,6 +140,12 @@ def main(argv: list[str] | None = None) -> int:
         if any(arg.startswith("ckpt=") for arg in argv):
             evaluate_checkpoint(checkpoint_config(argv))
             return 0
+        if not any(arg.startswith("results=") for arg in argv):
+            raise KLDetConfigError(
+                "nothing to evaluate: give ckpt=CHECKPOINT to evaluate a checkpoint on a data split "
+                "(with data=..., split=val|test, data.* keys as for kldet-train), or results=RESULTS.json to "
+                "score a COCO results file (with ann=ANN.json, or metric=voc root=... split=...); see kldet-eval --help"
+            )
         run(parse_dotlist(EvaluateConfig, argv, "kldet-eval"))
     except (KLDetError, OSError) as e:  # OSError: the output cannot be written
         print(f"kldet-eval: error: {e}", file=sys.stderr)

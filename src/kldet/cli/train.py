@@ -15,21 +15,30 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import sys
-from collections.abc import Mapping
+import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback as HydraCallback
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
+from kldet.checkpoint import read_checkpoint
+from kldet.cli.logs import FILE_ONLY, capture_warnings
+from kldet.cli.validate import validate_config
 from kldet.data.synthetic import generate
 from kldet.datamodule import KLDetDataModule
 from kldet.errors import KLDetConfigError, KLDetError
 from kldet.evaluation import format_table
-from kldet.lit import KLDetModule
+from kldet.lit import InterruptCheckpoint, KLDetModule
 from kldet.model import input_normalization
 
 # A wheel carries the Hydra configs as kldet/conf; an editable install (make install) reads <repo>/conf.
@@ -70,17 +79,19 @@ def build_datamodule(cfg: DictConfig, normalization: Mapping[str, Any] | None = 
     return instantiate(cfg.data, normalization=dict(normalization))
 
 
-def read_training_data(cfg: DictConfig, datamodule: KLDetDataModule) -> None:
-    """Reads the train and val splits now, so that missing data fails before the model is built.
+def read_data(cfg: DictConfig, datamodule: KLDetDataModule, stages: Sequence[str] = ("fit",)) -> None:
+    """Reads the splits of the Lightning ``stages`` ("fit": train and val, "validate", "test") now, so that
+    missing or empty data fails before the model is built.
 
     Raises:
         KLDetConfigError: the data module's message (where the files are expected) plus the Hydra keys to set.
     """
     try:
-        datamodule.setup("fit")
+        for stage in stages:
+            datamodule.setup(stage)
     except KLDetConfigError as error:
         raise KLDetConfigError(
-            f"{error}\nkldet-train keys: data.root=... (now {cfg.data.root}), or data.<split>_ann=... and "
+            f"{error}\nkeys: data.root=... (now {cfg.data.root}), or data.<split>_ann=... and "
             "data.<split>_images=... per split; paths.data_dir=... moves the default roots of all data sets"
         ) from None
 
@@ -102,17 +113,99 @@ def build_module(cfg: DictConfig, datamodule: KLDetDataModule) -> KLDetModule:
     )
 
 
+def config_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    """The callbacks of the ``callbacks`` config group, instantiated."""
+    return [instantiate(callback) for callback in (cfg.get("callbacks") or {}).values()]
+
+
 def build_trainer(cfg: DictConfig, **overrides: Any) -> L.Trainer:
     """A Trainer from the ``trainer``, ``callbacks`` and ``logger`` configs, writing under
-    ``cfg.paths.output_dir``; ``overrides`` replace any Trainer argument (those groups are then not built)."""
+    ``cfg.paths.output_dir``; ``overrides`` replace any Trainer argument (those groups are then not built).
+
+    Without a logger (``logger=none``) a LearningRateMonitor has nowhere to write, so it is left out.
+    """
     arguments = {**cfg.trainer, **overrides}
     if "callbacks" not in arguments:
-        arguments["callbacks"] = [instantiate(callback) for callback in (cfg.get("callbacks") or {}).values()]
+        arguments["callbacks"] = config_callbacks(cfg)
     if "logger" not in arguments:
         arguments["logger"] = [instantiate(logger) for logger in (cfg.get("logger") or {}).values()] or False
+    if not arguments["logger"]:
+        arguments["callbacks"] = [c for c in arguments["callbacks"] if not isinstance(c, LearningRateMonitor)]
     if "default_root_dir" not in arguments:
         arguments["default_root_dir"] = cfg.paths.output_dir
     return L.Trainer(**arguments)
+
+
+def check_writable(folder: str | Path, keys: str) -> None:
+    """Creates ``folder`` if needed and writes a probe file in it.
+
+    Raises:
+        KLDetConfigError: naming the folder, why, and the ``keys`` that move it.
+    """
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise KLDetConfigError(
+            f"cannot write to {folder} ({error.strerror or error}): choose a writable folder with {keys}"
+        ) from None
+
+
+class RunFolderCheck(HydraCallback):
+    """Hydra callback (conf/hydra/default.yaml): a run folder that cannot be written stops kldet-train with
+    one line before Hydra creates it (Hydra would print a traceback)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config.hydra.run.dir, "paths.log_dir=... or hydra.run.dir=...")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config.hydra.sweep.dir, "paths.log_dir=... or hydra.sweep.dir=...")
+
+    @staticmethod
+    def _check(folder: str, keys: str) -> None:
+        try:
+            check_writable(folder, keys)
+        except KLDetConfigError as error:
+            print(f"kldet-train: error: {error}", file=sys.stderr)
+            raise SystemExit(1) from None
+
+
+def check_resumable(path: str, checkpoint: Mapping[str, Any], module: KLDetModule) -> None:
+    """Whether ``checkpoint`` (read from ``path``) can resume training ``module``: a training checkpoint
+    with the same classes and the same parameter names and shapes.
+
+    Raises:
+        KLDetConfigError: naming the checkpoint and the first difference.
+    """
+    where = f"ckpt_path={path}"
+    if "optimizer_states" not in checkpoint or "loops" not in checkpoint:
+        raise KLDetConfigError(
+            f"{where}: holds weights but no training state (optimiser, loops); resuming needs a last.ckpt or "
+            "best.ckpt written by kldet-train"
+        )
+    trained_on = list(checkpoint["hyper_parameters"]["classes"])
+    if trained_on != list(module.hparams["classes"]):
+        raise KLDetConfigError(
+            f"{where}: trained on the classes {trained_on}, but the data has {list(module.hparams['classes'])}; "
+            "resume with the data it was trained on"
+        )
+    expected = {key: tuple(value.shape) for key, value in module.state_dict().items()}
+    saved = {key: tuple(value.shape) for key, value in checkpoint["state_dict"].items()}
+    for key in sorted(expected.keys() | saved.keys()):
+        if expected.get(key) != saved.get(key):
+            raise KLDetConfigError(
+                f"{where}: {key} has shape {saved.get(key, 'none (missing)')} in the checkpoint but "
+                f"{expected.get(key, 'none (not in this model)')} in the configured model; set the model.* keys "
+                "of the run that wrote it (its .hydra/config.yaml)"
+            )
+
+
+def resume_command() -> str:
+    """``kldet-train`` with this run's command-line overrides, without ``ckpt_path=``."""
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    kept = [item for item in overrides if not item.lstrip("+~").startswith("ckpt_path=")]
+    return shlex.join(["kldet-train", *kept])
 
 
 def prefixed(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
@@ -136,11 +229,19 @@ def train(cfg: DictConfig) -> dict[str, float]:
     Returns:
         the last logged metrics of training, validation and test (keys "val/AP", "test/AP", ...).
     """
+    validate_config(cfg)
+    output_dir = Path(cfg.paths.output_dir)
+    check_writable(output_dir / "checkpoints", "paths.log_dir=... or hydra.run.dir=...")
+    resume_from = read_checkpoint(cfg.ckpt_path, "cpu") if cfg.ckpt_path else None
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule(cfg)
-    read_training_data(cfg, datamodule)
+    read_data(cfg, datamodule, ("fit", "test") if cfg.test else ("fit",))
     module = build_module(cfg, datamodule)
-    trainer = build_trainer(cfg)
+    if resume_from is not None:
+        check_resumable(cfg.ckpt_path, resume_from, module)
+        del resume_from
+    interrupt = InterruptCheckpoint(output_dir / "checkpoints" / "last.ckpt", resume_command())
+    trainer = build_trainer(cfg, callbacks=[*config_callbacks(cfg), interrupt])
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
     if cfg.test:
@@ -149,9 +250,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
         test_metrics = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
         metrics.update(test_metrics[0])
         if trainer.is_global_zero:
-            print(format_table(prefixed(test_metrics[0], "test/"), cfg.module.metric, datamodule.classes))
+            table = format_table(prefixed(test_metrics[0], "test/"), cfg.module.metric, datamodule.classes)
+            print(table)
+            log.info("test metrics of %s:\n%s", best or "the last weights", table, extra=FILE_ONLY)
     if trainer.is_global_zero:
-        output_dir = Path(cfg.paths.output_dir)
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         log.info("run folder: %s", output_dir)
     return metrics
@@ -160,10 +262,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Entry point ``kldet-train``; returns ``cfg.monitor`` for Hydra sweepers."""
+    capture_warnings()
     try:
         metrics = train(cfg)
     except KLDetError as error:
         print(f"kldet-train: error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except SIGTERMException:  # Lightning's exits with status 0; the run did not finish
         raise SystemExit(1) from None
     return metrics.get(cfg.monitor)
 

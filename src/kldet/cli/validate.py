@@ -1,0 +1,338 @@
+"""Checks a composed kldet-train / kldet-eval config before any data is read or model built.
+
+Which keys a group takes, and their types, come from what the group configures, read with
+:mod:`inspect`: ``data`` and every ``callbacks.*`` / ``logger.*`` entry from their ``_target_``, ``model``
+from :class:`kldet.model.KLDet`, ``module`` from :class:`kldet.lit.KLDetModule`, ``trainer`` from
+:class:`lightning.Trainer`, ``optim`` from :data:`kldet.lit.DEFAULT_OPTIM`, ``synthetic`` from
+:func:`kldet.data.synthetic.generate`. A keyword added to one of those is accepted and type-checked
+without changing this module; :data:`RANGES` and :data:`CHOICES` add the allowed values of the
+numeric and named keys. Every problem is one :class:`~kldet.errors.KLDetConfigError` line naming the
+key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import dataclasses
+import inspect
+import math
+import pathlib
+import types
+import typing
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import lightning as L
+from hydra.utils import get_object
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from kldet.data.synthetic import generate
+from kldet.datamodule import FORMATS
+from kldet.errors import KLDetConfigError
+from kldet.evaluation import METRIC_KINDS
+from kldet.lit import DEFAULT_OPTIM, WARMUP_KINDS, KLDetModule
+from kldet.model import KLDet
+from kldet.model.backbone import NORM_LAYERS, RESNETS
+from kldet.model.detector import ASSIGNERS
+from kldet.model.head import HEAD_NORMS
+
+# Hydra's instantiate keys, not arguments of the target.
+HYDRA_KEYS = frozenset({"_target_", "_partial_", "_recursive_", "_convert_", "_args_"})
+
+
+@dataclasses.dataclass(frozen=True)
+class Interval:
+    """Allowed numbers: ``low <= x <= high`` (``<`` where open); None leaves that side unbounded."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return above and below
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        if self.low is None:
+            return f"{'<' if self.high_open else '<='} {self.high:g}"
+        left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+        return f"in {left}{self.low:g}, {self.high:g}{right}"
+
+
+POSITIVE = Interval(0, low_open=True)
+AT_LEAST_ONE = Interval(1)
+NON_NEGATIVE = Interval(0)
+FRACTION = Interval(0, 1)
+
+# Allowed values of numeric keys (for a list, of each element); the type comes from the signatures.
+RANGES: dict[str, Interval] = {
+    "seed": Interval(0, 2**32 - 1),
+    "data.batch_size": AT_LEAST_ONE,
+    "data.eval_batch_size": AT_LEAST_ONE,
+    "data.num_workers": NON_NEGATIVE,
+    "data.max_size": AT_LEAST_ONE,
+    "data.hflip": FRACTION,
+    "data.vflip": FRACTION,
+    "data.rotate90": FRACTION,
+    "data.size_divisor": AT_LEAST_ONE,
+    "model.fpn_levels": Interval(2, 7),
+    "model.frozen_stages": Interval(-1, 4),
+    "model.channels": AT_LEAST_ONE,
+    "model.head_convs": NON_NEGATIVE,
+    "model.prior_fraction": POSITIVE,
+    "model.topk": NON_NEGATIVE,
+    "model.alpha": NON_NEGATIVE,
+    "model.beta": NON_NEGATIVE,
+    "model.alpha_m": FRACTION,
+    "model.ratio": Interval(0, 1, low_open=True),
+    "model.center_radius": POSITIVE,
+    "model.score_thresh": FRACTION,
+    "model.nms_thresh": FRACTION,
+    "model.pre_nms_topk": AT_LEAST_ONE,
+    "model.max_detections": AT_LEAST_ONE,
+    "module.num_logged_images": NON_NEGATIVE,
+    "optim.lr": POSITIVE,
+    "optim.momentum": Interval(0, 1, high_open=True),
+    "optim.weight_decay": NON_NEGATIVE,
+    "optim.bias_lr_factor": NON_NEGATIVE,
+    "optim.bias_weight_decay": NON_NEGATIVE,
+    "optim.norm_weight_decay": NON_NEGATIVE,
+    "optim.warmup_steps": NON_NEGATIVE,
+    "optim.warmup_factor": Interval(0, 1, low_open=True),
+    "optim.milestones": NON_NEGATIVE,
+    "optim.gamma": POSITIVE,
+    "optim.base_batch_size": AT_LEAST_ONE,
+    "trainer.num_nodes": AT_LEAST_ONE,
+    "trainer.max_epochs": Interval(-1),
+    "trainer.min_epochs": NON_NEGATIVE,
+    "trainer.max_steps": Interval(-1),
+    "trainer.check_val_every_n_epoch": AT_LEAST_ONE,
+    "trainer.log_every_n_steps": AT_LEAST_ONE,
+    "trainer.accumulate_grad_batches": AT_LEAST_ONE,
+    "trainer.gradient_clip_val": NON_NEGATIVE,
+    "trainer.num_sanity_val_steps": Interval(-1),
+    "trainer.limit_train_batches": NON_NEGATIVE,
+    "trainer.limit_val_batches": NON_NEGATIVE,
+    "trainer.limit_test_batches": NON_NEGATIVE,
+    "synthetic.num_images": AT_LEAST_ONE,
+    "synthetic.image_size": Interval(32),
+    "synthetic.val_fraction": Interval(0, 1, high_open=True),
+}
+
+# Allowed values of keys that name a choice.
+CHOICES: dict[str, tuple[Any, ...]] = {
+    "data.format": FORMATS,
+    "model.backbone": RESNETS,
+    "model.backbone_norm": tuple(NORM_LAYERS),
+    "model.head_norm": HEAD_NORMS,
+    "model.assigner": ASSIGNERS,
+    "module.metric": METRIC_KINDS,
+    "optim.warmup": WARMUP_KINDS,
+    "trainer.gradient_clip_algorithm": ("norm", "value"),
+    "split": ("val", "test"),
+}
+
+# Keys of the root config (conf/train.yaml, conf/eval.yaml) and their types.
+TOP_LEVEL: dict[str, Any] = {
+    "name": str,
+    "seed": int,
+    "ckpt_path": str | None,
+    "test": bool,
+    "monitor": str,
+    "ckpt": str,
+    "split": str,
+    "out": str | None,
+}
+
+
+def _parameters(target: Callable[..., Any], excluded: frozenset[str] = frozenset()) -> dict[str, Any] | None:
+    """Keyword arguments of ``target`` and their type hints (``Any`` where unknown); None when any key is
+    accepted (``**kwargs`` that reach no class with a fixed signature).
+
+    A class whose ``__init__`` passes ``**kwargs`` on takes the keywords of its bases' ``__init__`` too.
+    """
+    functions = (
+        [vars(cls)["__init__"] for cls in target.__mro__ if "__init__" in vars(cls)]
+        if inspect.isclass(target)
+        else [target]
+    )
+    found: dict[str, Any] = {}
+    for function in functions:
+        signature = inspect.signature(function)
+        try:
+            hints = typing.get_type_hints(function)
+        except (NameError, TypeError):
+            hints = {}
+        for name, parameter in signature.parameters.items():
+            if parameter.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
+                continue
+            if name != "self" and name not in excluded:
+                found.setdefault(name, hints.get(name, Any))
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()):
+            return found
+    return None
+
+
+def _optim_hints() -> dict[str, Any]:
+    """Types of the optim keys, from the types of :data:`DEFAULT_OPTIM`'s values (an int for a float is fine)."""
+    hints: dict[str, Any] = {}
+    for key, default in DEFAULT_OPTIM.items():
+        if isinstance(default, list):
+            hints[key] = collections.abc.Sequence[type(default[0]) if default else Any]
+        else:
+            hints[key] = type(default)
+    return hints
+
+
+def group_schemas() -> dict[str, tuple[str, dict[str, Any] | None]]:
+    """``group -> (what it configures, {key: type hint})`` for the groups without a ``_target_``."""
+    return {
+        "model": ("KLDet", _parameters(KLDet, frozenset({"num_classes"}))),
+        "module": (
+            "KLDetModule",
+            _parameters(KLDetModule, frozenset({"model", "classes", "category_ids", "optim", "preprocess"})),
+        ),
+        "trainer": ("lightning.Trainer", _parameters(L.Trainer, frozenset({"logger", "callbacks"}))),
+        "optim": ("optim", _optim_hints()),
+        "synthetic": (
+            "kldet.data.synthetic.generate",
+            _parameters(generate, frozenset({"out", "format", "progress"})),
+        ),
+    }
+
+
+def describe(hint: Any) -> str:
+    """What a value of type ``hint`` looks like, for messages: "an integer", "true or false", ..."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(dict.fromkeys(describe(arg) for arg in args))
+    if origin is typing.Literal:
+        return "one of " + ", ".join(map(str, args))
+    if origin is not None and issubclass(origin, collections.abc.Sequence) and origin is not str:
+        return f"a list, each item {describe(args[0])}" if args else "a list"
+    if origin is not None and issubclass(origin, collections.abc.Mapping):
+        return "a mapping"
+    names = {type(None): "null", bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    return names.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def matches(value: Any, hint: Any) -> bool:
+    """Whether a config value (plain or OmegaConf container) fits the type ``hint``.
+
+    A bool is not an integer; an integer is a float; a string is a path. Classes that a config value
+    cannot be (an ``Accelerator``, a ``timedelta``) never match, so they count only inside a Union.
+    """
+    if hint is Any or isinstance(hint, typing.TypeVar):
+        return True
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(matches(value, arg) for arg in args)
+    if origin is typing.Literal:
+        return any(value == arg and type(value) is type(arg) for arg in args)
+    if hint is type(None) or hint is None:
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint in (str, pathlib.Path):
+        return isinstance(value, str)
+    container = origin or hint
+    if not inspect.isclass(container):
+        return True  # an annotation this check does not understand
+    if issubclass(container, collections.abc.Mapping):
+        return isinstance(value, DictConfig | dict)
+    if issubclass(container, collections.abc.Sequence | collections.abc.Iterable) and container is not str:
+        if not isinstance(value, ListConfig | list | tuple):
+            return False
+        if container is tuple and args and args[-1] is not Ellipsis:
+            return len(args) == len(value) and all(map(matches, value, args))
+        return not args or all(matches(item, args[0]) for item in value)
+    return isinstance(value, container)
+
+
+def _numbers(value: Any) -> list[float]:
+    """The numbers in ``value``: itself, or the elements of a (nested) list."""
+    if isinstance(value, ListConfig | list | tuple):
+        return [number for item in value for number in _numbers(item)]
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return [value]
+    return []
+
+
+def check_value(key: str, value: Any, hint: Any) -> None:
+    """Type, range (:data:`RANGES`) and choice (:data:`CHOICES`) of one value; raises KLDetConfigError."""
+    plain = (
+        OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig | ListConfig) else value
+    )
+    shown = f"{key}={plain!r}"
+    if not matches(value, hint):
+        raise KLDetConfigError(f"{shown}: must be {describe(hint)}")
+    if key in CHOICES and value is not None and value not in CHOICES[key]:
+        allowed = ", ".join("null" if choice is None else str(choice) for choice in CHOICES[key])
+        raise KLDetConfigError(f"{shown}: choose one of {allowed}")
+    interval = RANGES.get(key)
+    if interval is not None:
+        for number in _numbers(value):
+            if number not in interval:
+                nullable = " (or null)" if matches(None, hint) else ""
+                raise KLDetConfigError(f"{shown}: must be {interval}{nullable}")
+
+
+def _check_node(prefix: str, node: DictConfig, owner: str, hints: dict[str, Any] | None) -> None:
+    for key in node:
+        if key in HYDRA_KEYS:
+            continue
+        name = f"{prefix}.{key}"
+        if hints is not None and key not in hints:
+            raise KLDetConfigError(f"{name}: unknown key; {owner} takes {', '.join(sorted(hints))}")
+        check_value(name, node[key], Any if hints is None else hints[key])
+
+
+def _check_target(prefix: str, node: DictConfig) -> None:
+    try:
+        target = get_object(node._target_)
+    except Exception as error:  # Hydra wraps import errors of any kind
+        raise KLDetConfigError(f"{prefix}._target_={node._target_!r}: cannot be imported ({error})") from None
+    _check_node(prefix, node, node._target_, _parameters(target))
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Checks every key of a kldet-train / kldet-eval config against what it configures.
+
+    Raises:
+        KLDetConfigError: one line naming the key, its value and what is allowed (or where an
+            interpolation such as ``${paths.data_dir}`` cannot be resolved).
+    """
+    try:
+        _validate(cfg)
+    except OmegaConfBaseException as error:
+        key = getattr(error, "full_key", None) or "config"
+        raise KLDetConfigError(f"{key}: {str(error).splitlines()[0]}") from None
+
+
+def _validate(cfg: Mapping[str, Any]) -> None:
+    for key, hint in TOP_LEVEL.items():
+        if key in cfg:
+            check_value(key, cfg[key], hint)
+    for group, (owner, hints) in group_schemas().items():
+        node = cfg.get(group)
+        if node is not None:
+            if not isinstance(node, DictConfig):
+                raise KLDetConfigError(f"{group}={node!r}: must be a mapping of {owner} keys")
+            _check_node(group, node, owner, hints)
+    if cfg.get("data") is not None:
+        _check_target("data", cfg.data)
+    for group in ("callbacks", "logger"):
+        for name, node in (cfg.get(group) or {}).items():
+            if isinstance(node, DictConfig) and "_target_" in node:
+                _check_target(f"{group}.{name}", node)

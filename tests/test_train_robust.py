@@ -237,6 +237,16 @@ def test_unwritable_run_folder_is_one_line(monkeypatch, capsys, tmp_path):
     assert f"cannot write to {blocker / 'run'}" in line and "hydra.run.dir=" in line
 
 
+def test_unwritable_default_run_folder_is_one_line(monkeypatch, capsys, recwarn, tmp_path):
+    # The default run folder is <cwd>/outputs/... through ${hydra:runtime.cwd}: the Hydra callback resolves
+    # it before the job starts (no "HydraConfig was not set" warning from a check that did not run).
+    (tmp_path / "outputs").write_text("")
+    monkeypatch.chdir(tmp_path)
+    line = train_fails(monkeypatch, capsys, f"paths.data_dir={tmp_path / 'data'}")
+    assert f"cannot write to {tmp_path / 'outputs'}" in line and "paths.log_dir=" in line
+    assert not [w for w in recwarn if "RunFolderCheck" in str(w.message)]
+
+
 def test_unwritable_output_dir_of_a_direct_call(tmp_path, data_dir):
     blocker = tmp_path / "a_file"
     blocker.write_text("")

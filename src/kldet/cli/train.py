@@ -157,15 +157,18 @@ class RunFolderCheck(HydraCallback):
     one line before Hydra creates it (Hydra would print a traceback)."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._check(config.hydra.run.dir, "paths.log_dir=... or hydra.run.dir=...")
+        self._check(config, "run", "paths.log_dir=... or hydra.run.dir=...")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._check(config.hydra.sweep.dir, "paths.log_dir=... or hydra.sweep.dir=...")
+        self._check(config, "sweep", "paths.log_dir=... or hydra.sweep.dir=...")
 
     @staticmethod
-    def _check(folder: str, keys: str) -> None:
+    def _check(config: DictConfig, mode: str, keys: str) -> None:
+        # The folder's interpolations (paths.root_dir = ${hydra:runtime.cwd}) resolve through HydraConfig,
+        # which Hydra sets only when the job starts: set it now (the job sets it again).
+        HydraConfig.instance().set_config(config)
         try:
-            check_writable(folder, keys)
+            check_writable(config.hydra[mode].dir, keys)
         except KLDetConfigError as error:
             print(f"kldet-train: error: {error}", file=sys.stderr)
             raise SystemExit(1) from None

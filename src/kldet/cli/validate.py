@@ -27,13 +27,14 @@ from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from kldet.data.dior import DIFFICULT_MODES
 from kldet.data.synthetic import generate
 from kldet.datamodule import FORMATS
 from kldet.errors import KLDetConfigError
 from kldet.evaluation import METRIC_KINDS
 from kldet.lit import DEFAULT_OPTIM, WARMUP_KINDS, KLDetModule
 from kldet.model import KLDet
-from kldet.model.backbone import NORM_LAYERS, RESNETS
+from kldet.model.backbone import NORM_LAYERS, RESNETS, STYLES
 from kldet.model.detector import ASSIGNERS
 from kldet.model.head import HEAD_NORMS
 
@@ -129,7 +130,9 @@ RANGES: dict[str, Interval] = {
 # Allowed values of keys that name a choice.
 CHOICES: dict[str, tuple[Any, ...]] = {
     "data.format": FORMATS,
+    "data.difficult": DIFFICULT_MODES,
     "model.backbone": RESNETS,
+    "model.style": STYLES,
     "model.backbone_norm": tuple(NORM_LAYERS),
     "model.head_norm": HEAD_NORMS,
     "model.assigner": ASSIGNERS,

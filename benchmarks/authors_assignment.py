@@ -58,8 +58,8 @@ def authors_alitsm(
     """Ali-TSM as the authors' public code assigns (KLDET_SPEC.md section 5, "Defects"), on dense matrices.
 
     Stage 1: for every ground truth g in order, every prior whose A1 = S^alpha * K^beta (computed as that
-    float32 product, so values far from a box underflow to 0) equals or exceeds g's k1-th best is made g's,
-    overwriting an earlier ground truth. Stage 2 does the same with A2 = (1 - alpha_m) S + alpha_m U and
+    float32 product, which underflows to 0 far enough from a box) equals one of g's top-k1 values, that
+    is, equals or exceeds its k1-th best, is made g's, overwriting an earlier ground truth. Stage 2 does the same with A2 = (1 - alpha_m) S + alpha_m U and
     k2 over all priors; a prior positive after stage 1 keeps that assignment. Inputs are not modified
     (the authors' in-place shrink is measured separately, by passing shrunk priors).
 
@@ -77,7 +77,7 @@ def authors_alitsm(
     """
     k1, k2 = (min(k, len(priors)) for k in topk)
     if len(gt_boxes) == 0 or len(priors) == 0:
-        return torch.full((len(priors),), -1, dtype=torch.long)
+        return torch.full((len(priors),), -1, dtype=torch.long, device=priors.device)
     logits = cls_logits.detach().float().T[gt_labels.long()]  # (G, N): g's class at every prior
     priors, gt_boxes = priors.detach().float(), gt_boxes.detach().float()
     a2 = stage2_metric(torch.sigmoid(logits), box_iou(gt_boxes, shrink_boxes(priors, ratio)), alpha_m)
@@ -107,7 +107,7 @@ def _last_ground_truth_wins(picked: Tensor) -> Tensor:
 
 
 def make_problem(
-    seed: int, image_size: int, num_gts_range: tuple[int, int], priors: Tensor
+    seed: int, image_size: int, num_gts_range: tuple[int, int], num_priors: int
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Random logits (N, C) ~ N(-2, 2^2), boxes (G, 4) xyxy on whole pixels and labels (G,) of one problem.
 
@@ -130,7 +130,7 @@ def make_problem(
     top_left = (centres - sizes / 2).round().clamp(min=0)
     top_left = torch.minimum(top_left, image_size - sizes)
     boxes = torch.cat((top_left, top_left + sizes), dim=1)
-    logits = torch.randn(len(priors), NUM_CLASSES, generator=generator) * 2 - 2
+    logits = torch.randn(num_priors, NUM_CLASSES, generator=generator) * 2 - 2
     return logits, boxes, cluster_labels[cluster]
 
 
@@ -188,7 +188,7 @@ def main() -> None:
     _, priors = receptive_field_priors((args.image_size, args.image_size))
     per_problem = {setting: [] for setting in SCORE_SETTINGS}
     for i in range(args.problems):
-        logits, boxes, labels = make_problem(args.seed + i, args.image_size, tuple(args.gts), priors)
+        logits, boxes, labels = make_problem(args.seed + i, args.image_size, tuple(args.gts), len(priors))
         per_problem[SCORE_SETTINGS[0]].append(compare(logits, priors, boxes, labels))
         constant = torch.full_like(logits, INITIAL_LOGIT)
         per_problem[SCORE_SETTINGS[1]].append(compare(constant, priors, boxes, labels))

@@ -11,7 +11,7 @@ ARGS ?=
 CKPT ?=
 
 .PHONY: install test lint bench bench-assign bench-model bench-data bench-eval bench-predict \
-	demo synth train eval sweep tensorboard ablation assignment-stats clean
+	demo synth train eval sweep tensorboard ablation assignment-stats authors-assignment clean
 
 install: $(STAMP)
 
@@ -58,6 +58,10 @@ ablation: install
 
 assignment-stats: install
 	$(BIN)/python benchmarks/assignment_stats.py
+
+# kldet's Ali-TSM against the authors' loops (ties, conflicts, in-place shrink): docs/reproduction.md.
+authors-assignment: install
+	$(BIN)/python benchmarks/authors_assignment.py $(ARGS)
 
 bench: bench-assign bench-model bench-data bench-eval bench-predict
 

@@ -33,7 +33,7 @@ from torch import Tensor
 from torchvision.ops import box_iou
 
 from kldet.assign import alitsm_assign, log_stage1_metric, receptive_field_priors, stage2_metric
-from kldet.assign.reference import _row_topk
+from kldet.assign.reference import row_topk
 from kldet.assign.statistics import INITIAL_LOGIT
 from kldet.boxes import kld, kld_similarity, shrink_boxes
 
@@ -86,7 +86,7 @@ def authors_alitsm(
         picked1, picked2 = _at_or_above_kth(a1, k1), _at_or_above_kth(a2, k2)
     else:
         log_a1 = log_stage1_metric(F.logsigmoid(logits), kld(priors, gt_boxes), alpha, beta)
-        picked1, picked2 = _row_topk(log_a1, k1), _row_topk(a2, k2)
+        picked1, picked2 = row_topk(log_a1, k1), row_topk(a2, k2)
     stage1, stage2 = _last_ground_truth_wins(picked1), _last_ground_truth_wins(picked2)
     return torch.where(stage1 >= 0, stage1, stage2)
 

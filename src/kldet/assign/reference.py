@@ -58,11 +58,11 @@ def alitsm_assign_reference(
     iou = box_iou(gt_boxes, shrink_boxes(priors, ratio))  # (G, N) = U
     log_a1 = log_stage1_metric(F.logsigmoid(logits), kl, alpha, beta)
     a2 = stage2_metric(torch.sigmoid(logits), iou, alpha_m)
-    assigned = _give_to_best(log_a1, _row_topk(log_a1, k1), assigned)
-    return _give_to_best(a2, _row_topk(a2, k2) & (assigned < 0), assigned)
+    assigned = _give_to_best(log_a1, row_topk(log_a1, k1), assigned)
+    return _give_to_best(a2, row_topk(a2, k2) & (assigned < 0), assigned)
 
 
-def _row_topk(metric: Tensor, k: int) -> Tensor:
+def row_topk(metric: Tensor, k: int) -> Tensor:
     """(G, N) bool: the k highest entries of every row of ``metric`` (G, N), ties to the lower column."""
     order = torch.sort(metric, dim=1, descending=True, stable=True).indices[:, :k]
     return torch.zeros_like(metric, dtype=torch.bool).scatter(1, order, True)

@@ -46,6 +46,9 @@ class PredictConfig:
     nms_thresh: float | None = option(
         None, "class-wise NMS IoU within and across tiles (default: the checkpoint's)"
     )
+    candidates: str | None = option(
+        None, "pre-NMS candidates: points (the authors') or pairs (torchvision's) (default: the checkpoint's)"
+    )
     max_detections: int | None = option(None, "keep at most this many boxes per image (default: all)")
     coco_gt: str | None = option(None, "COCO annotation file whose image ids the results should use")
     render: bool = option(True, "write images with boxes to output/rendered")
@@ -94,6 +97,7 @@ def predict(config: PredictConfig) -> Path:
         device=config.device,
         score_thresh=config.score_thresh,
         nms_thresh=config.nms_thresh,
+        candidates=config.candidates,
         tile_size=config.tile_size,
         overlap=config.overlap,
         batch_size=config.batch_size,

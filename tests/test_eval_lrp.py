@@ -101,6 +101,12 @@ def test_optimal_lrp_takes_the_first_minimum_and_leaves_out_classes_without_grou
     assert optimal_lrp(np.array([0.3]), np.array([False]), np.zeros(1), 0) is None
 
 
+def test_detections_without_any_ground_truth_leave_olrp_undefined():
+    ground_truth = {"images": [{"id": 1}], "categories": [{"id": 1, "name": "x"}], "annotations": []}
+    got = evaluate_coco(ground_truth, detections([(1, 1, [0, 0, 5, 5], 0.5)]), AITOD_PROTOCOL)
+    assert [got[key] for key in ("oLRP", "oLRP_loc", "oLRP_FP", "oLRP_FN", "oLRP_x")] == [-1.0] * 5
+
+
 def test_class_names_that_collide_through_olrp_keys_are_an_error():
     # "x" gives oLRP_loc_x, and so does "loc_x" (as its oLRP key).
     ground_truth = {

@@ -283,7 +283,8 @@ def class_lrp(
     matched_gt[pairs[:, 0] - 1] = by_id[np.searchsorted(gt_ids, pairs[:, 1], sorter=by_id)]
     is_matched = matched_gt >= 0
     areas = detections.boxes[:, 2] * detections.boxes[:, 3]
-    ignored = np.where(is_matched, gt_ignored[matched_gt], ~_within(areas, low, high))
+    ignored = ~_within(areas, low, high)  # unmatched detections outside the range; matched ones by their box
+    ignored[is_matched] = gt_ignored[matched_gt[is_matched]]
     # The libraries rank an image's detections of a class by score, ties in id order, and keep the cap.
     ids = np.arange(count)
     order = np.lexsort((ids, -detections.scores, detections.category_ids, detections.image_ids))

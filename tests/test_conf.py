@@ -77,6 +77,7 @@ def test_aitod_r50_is_the_paper_setting():
     )
     assert (cfg.model.alpha_m, cfg.model.ratio, cfg.model.prior_fraction) == (0.75, 0.9, 0.5)
     assert (cfg.model.score_thresh, cfg.model.nms_thresh, cfg.model.max_detections) == (0.05, 0.5, 3000)
+    assert (cfg.model.pre_nms_topk, cfg.model.candidates) == (3000, "points")
     optim = cfg.optim
     assert (optim.lr, optim.momentum, optim.weight_decay, optim.bias_lr_factor) == (0.0025, 0.9, 1e-4, 2.0)
     assert (optim.bias_weight_decay, optim.warmup, optim.warmup_steps) == (0.0, "constant", 10000)

@@ -77,6 +77,11 @@ def random_images(seed: int, num_images: int = 24, crowded_image: bool = True) -
     return images
 
 
+def without_lrp(metrics: dict) -> dict:
+    """The AP and AR keys, which pycocotools also computes (oLRP is tested in test_eval_lrp.py)."""
+    return {key: value for key, value in metrics.items() if not key.startswith("oLRP")}
+
+
 def _snap(boxes: np.ndarray) -> np.ndarray:
     return (np.round(boxes.reshape(-1, 4) * 8) / 8).astype(np.float32)
 
@@ -176,8 +181,8 @@ def test_equals_pycocotools_on_random_detections(seed, kind):
     reference = pycocotools_eval(ground_truth, results, protocol)
     expected = summarize(reference.eval["precision"], reference.eval["recall"], protocol, CLASSES)
     got = evaluate_coco(copy.deepcopy(ground_truth), as_detections(results), protocol)
-    assert list(got) == protocol.summary_keys + [f"AP_{name}" for name in CLASSES]
-    np.testing.assert_allclose(list(got.values()), list(expected.values()), rtol=0, atol=1e-6)
+    assert list(without_lrp(got)) == protocol.summary_keys + [f"AP_{name}" for name in CLASSES]
+    np.testing.assert_allclose(list(without_lrp(got).values()), list(expected.values()), rtol=0, atol=1e-6)
     # The data must exercise what is compared: every size bin scored, the caps biting.
     assert all(got[key] > 0 for key in protocol.summary_keys)
     assert got[f"AR@{protocol.max_dets[0]}"] < got[f"AR@{protocol.max_dets[-1]}"]
@@ -205,7 +210,9 @@ def test_perfect_detections_score_one(kind):
 def test_no_detections_score_zero():
     images = random_images(4)
     got = evaluate_coco(coco_ground_truth(images), as_detections([]), AITOD_PROTOCOL)
-    assert set(got.values()) == {0.0}
+    assert set(without_lrp(got).values()) == {0.0}
+    # Every object missed: oLRP 1 (all false negatives); localisation, FP and the threshold undefined.
+    assert got["oLRP"] == got["oLRP_FN"] == 1.0 and got["oLRP_loc"] == got["oLRP_FP"] == -1.0
 
 
 def test_images_without_ground_truth():
@@ -261,7 +268,9 @@ def test_aitod_size_bins():
     got = evaluate_coco(ground_truth, found, AITOD_PROTOCOL)
     assert list(got) == [
         *("AP", "AP50", "AP75", "AP_vt", "AP_t", "AP_s", "AP_m"),
-        *("AR@100", "AR@300", "AR@1500", "AR_vt", "AR_t", "AR_s", "AR_m", "AP_plane"),
+        *("AR@100", "AR@300", "AR@1500", "AR_vt", "AR_t", "AR_s", "AR_m"),
+        *("oLRP", "oLRP_loc", "oLRP_FP", "oLRP_FN", "AP_plane"),
+        *("oLRP_plane", "oLRP_loc_plane", "oLRP_FP_plane", "oLRP_FN_plane", "oLRP_threshold_plane"),
     ]
     assert got["AP_vt"] == got["AP_s"] == got["AP_m"] == got["AR_vt"] == 0.0
     # tiny holds the sides 8 and 12: recall 1/2, so precision 1 at the 51 recall points 0, .01, ..., .5.
@@ -423,7 +432,7 @@ def test_cli_empty_results_score_zero(tmp_path):
     (tmp_path / "res.json").write_text("[]")
     argv = [f"results={tmp_path / 'res.json'}", f"ann={tmp_path / 'ann.json'}", f"out={tmp_path / 'm.json'}"]
     assert kldet_eval(argv) == 0
-    assert set(json.loads((tmp_path / "m.json").read_text()).values()) == {0.0}
+    assert set(without_lrp(json.loads((tmp_path / "m.json").read_text())).values()) == {0.0}
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ from kldet.checkpoint import load_detector, save_detector
 from kldet.cli.export import main as export_main
 from kldet.errors import KLDetConfigError
 from kldet.inference.export import export_model, output_names, split_outputs
-from kldet.model import KLDet
+from kldet.model import KLDet, postprocess_detections
 
 TINY = {
     "num_classes": 3,
@@ -19,6 +19,7 @@ TINY = {
     "head_convs": 1,
     "score_thresh": 0.0,
     "pre_nms_topk": 20,
+    "candidates": "pairs",  # not the default: the sidecar must carry it
 }
 # The export size and another one: every format must follow batch size and H, W (multiples of 32, >= 96).
 SHAPES = [(1, 3, 96, 128), (3, 3, 160, 96)]
@@ -59,16 +60,27 @@ def test_kldet_export_torchscript_round_trip_and_postprocess(model, tmp_path):
     sidecar = json.loads((tmp_path / "model.ts.json").read_text())
     assert sidecar["outputs"] == output_names(5) and sidecar["strides"] == [4, 8, 16, 32, 64]
     assert sidecar["category_ids"] == [3, 5, 7] and sidecar["postprocess"]["score_thresh"] == 0.0
+    assert sidecar["postprocess"]["candidates"] == "pairs"
 
     # The documented post-processing of exported outputs gives the eager detections.
     reference, _ = load_detector(checkpoint)
     images = torch.randn(2, 3, 96, 96)
     with torch.no_grad():
         detections = reference.postprocess(*split_outputs(loaded(images)), (96, 96), [(96, 90), (70, 96)])
-    for ours, theirs in zip(detections, reference.predict(images, [(96, 90), (70, 96)]), strict=True):
+        # ... and so does postprocess_detections with nothing but the sidecar.
+        from_sidecar = postprocess_detections(
+            *split_outputs(loaded(images)),
+            sidecar["strides"],
+            (96, 96),
+            [(96, 90), (70, 96)],
+            **sidecar["postprocess"],
+        )
+    eager = reference.predict(images, [(96, 90), (70, 96)])
+    for ours, alone, theirs in zip(detections, from_sidecar, eager, strict=True):
         assert len(ours["boxes"]) > 0
         for key in ("boxes", "scores", "labels"):
             torch.testing.assert_close(ours[key], theirs[key])
+            torch.testing.assert_close(alone[key], theirs[key])
 
 
 def test_pt2_round_trip(model, tmp_path):

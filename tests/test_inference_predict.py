@@ -93,6 +93,10 @@ def test_checkpoint_overrides_and_default_category_ids(tmp_path):
         "std": list(IMAGENET_STD),
     }
     assert model.postprocess_options["score_thresh"] == 0.3
+    # TINY predates the candidates key: such checkpoints load with the authors' rule.
+    assert "candidates" not in TINY and model.postprocess_options["candidates"] == "points"
+    predictor = Predictor.from_checkpoint(tmp_path / "m.ckpt", candidates="pairs")
+    assert predictor.model.postprocess_options["candidates"] == "pairs"
 
 
 def test_bad_checkpoints_are_one_clear_error(tmp_path):
@@ -201,6 +205,28 @@ def test_kldet_predict_bad_arguments_are_one_line_errors(args, message, capsys):
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert err.startswith("kldet-predict: ") and err.count("kldet-predict:") == 1
+
+
+def test_kldet_predict_candidates_is_passed_on_and_checked(checkpoint, tmp_path, capsys):
+    write_images(tmp_path / "in")
+    args = [
+        f"ckpt={checkpoint}",
+        f"input={tmp_path / 'in'}",
+        "tile_size=96",
+        "render=false",
+        "progress=false",
+    ]
+    outputs = {}
+    for rule in ("points", "pairs"):
+        assert predict_main([*args, f"output={tmp_path / rule}", f"candidates={rule}"]) == 0
+        outputs[rule] = json.loads((tmp_path / rule / "results.json").read_text())
+    # score_thresh 0: every pair passes either threshold, so the rules differ by their top-k only
+    # (pre_nms_topk 20 pairs per level against 20 points with both classes each).
+    assert len(outputs["points"]) > len(outputs["pairs"]) > 0
+    capsys.readouterr()
+    assert predict_main([*args, f"output={tmp_path / 'bad'}", "candidates=best"]) == 1
+    err = capsys.readouterr().err
+    assert "candidates='best'" in err and "Traceback" not in err and err.count("kldet-predict:") == 1
 
 
 def test_kldet_predict_help(capsys):

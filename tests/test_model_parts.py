@@ -8,6 +8,7 @@ import pytest
 import torch
 import torchvision
 from torch import nn
+from torchvision.ops import box_iou
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from kldet.errors import KLDetConfigError, KLDetDataError
@@ -360,35 +361,168 @@ def hand_made_maps():
     return cls_logits, box_regression, centerness
 
 
-def test_postprocess_by_hand():
-    detections = postprocess_detections(
+@pytest.mark.parametrize(("candidates", "kept"), [("points", 3), ("pairs", 2)])
+def test_postprocess_by_hand(candidates, kept):
+    (result,) = postprocess_detections(
         *hand_made_maps(),
         strides=(8, 16),
         image_shape=(64, 64),
         image_sizes=[(60, 50)],
         scale_factors=[(0.5, 2.0)],
+        candidates=candidates,
     )
-    (result,) = detections
-    # B is suppressed by A (same class, IoU 0.6); C is clipped to w=50, h=60; D is below 0.05.
-    torch.testing.assert_close(result["scores"], torch.tensor([0.45, 0.3]))
-    torch.testing.assert_close(result["labels"], torch.tensor([1, 0]))
-    expected_resized = torch.tensor([[20.0, 12.0, 36.0, 28.0], [40.0, 40.0, 50.0, 60.0]])
-    torch.testing.assert_close(result["boxes"], expected_resized / torch.tensor([0.5, 2.0, 0.5, 2.0]))
+    # B is suppressed by A (same class, IoU 0.6); C is clipped to w=50, h=60. D (class probability 0.08,
+    # score 0.08 * 0.5 = 0.04) passes the authors' threshold on the probability, not the one on the score.
+    expected_scores = torch.tensor([0.45, 0.3, 0.04])[:kept]
+    torch.testing.assert_close(result["scores"], expected_scores)
+    torch.testing.assert_close(result["labels"], torch.tensor([1, 0, 0])[:kept])
+    expected_resized = torch.tensor(
+        [[20.0, 12.0, 36.0, 28.0], [40.0, 40.0, 50.0, 60.0], [4.0, 4.0, 12.0, 12.0]]
+    )
+    torch.testing.assert_close(result["boxes"], expected_resized[:kept] / torch.tensor([0.5, 2.0, 0.5, 2.0]))
 
 
-def test_postprocess_nms_is_class_wise_and_limits_hold():
+@pytest.mark.parametrize("candidates", ["points", "pairs"])
+def test_postprocess_nms_is_class_wise_and_limits_hold(candidates):
     cls_logits, box_regression, centerness = hand_made_maps()
     cls_logits[0][0, 0, 2, 4] = cls_logits[0][0, 1, 2, 4]  # B as class 0: survives NMS against A
     cls_logits[0][0, 1, 2, 4] = -30.0
-    options = {"strides": (8, 16), "image_shape": (64, 64)}
+    cls_logits[1][0, 0, 0, 0] = -30.0  # no D
+    options = {"strides": (8, 16), "image_shape": (64, 64), "candidates": candidates}
     (result,) = postprocess_detections(cls_logits, box_regression, centerness, **options)
     torch.testing.assert_close(result["scores"], torch.tensor([0.45, 0.4, 0.3]))
     (result,) = postprocess_detections(cls_logits, box_regression, centerness, **options, max_detections=2)
     torch.testing.assert_close(result["scores"], torch.tensor([0.45, 0.4]))
     (result,) = postprocess_detections(cls_logits, box_regression, centerness, **options, pre_nms_topk=1)
     torch.testing.assert_close(result["scores"], torch.tensor([0.45, 0.3]))
-    (result,) = postprocess_detections(cls_logits, box_regression, centerness, **options, score_thresh=0.35)
-    torch.testing.assert_close(result["scores"], torch.tensor([0.45, 0.4]))
+    # Probabilities A 0.9, B 0.8, C 0.6; scores 0.45, 0.4, 0.3: the rules threshold different numbers.
+    (result,) = postprocess_detections(cls_logits, box_regression, centerness, **options, score_thresh=0.7)
+    expected = {"points": [0.45, 0.4], "pairs": []}[candidates]
+    torch.testing.assert_close(result["scores"], torch.tensor(expected))
+
+
+def one_level_maps(probabilities: dict, centerness_probability: dict | None = None):
+    """One stride-8 level on a 32x32 image (4x4 points), 2 classes, every box 4 px around its point.
+
+    ``probabilities`` maps (row, col, class) to sigmoid(cls) (others ~0); ``centerness_probability``
+    maps (row, col) to sigmoid(centerness) (others 0.5).
+    """
+    cls_logits = torch.full((1, 2, 4, 4), -30.0)
+    for (row, col, label), p in probabilities.items():
+        cls_logits[0, label, row, col] = math.log(p / (1 - p))
+    centerness = torch.zeros(1, 1, 4, 4)
+    for (row, col), p in (centerness_probability or {}).items():
+        centerness[0, 0, row, col] = math.log(p / (1 - p))
+    box_regression = torch.full((1, 4, 4, 4), 0.25)  # 2 px each side
+    return [cls_logits], [box_regression], [centerness]
+
+
+def point_box(row: int, col: int) -> list[float]:
+    x, y = col * 8 + 4, row * 8 + 4
+    return [x - 2.0, y - 2.0, x + 2.0, y + 2.0]
+
+
+def test_points_threshold_the_class_probability_before_centerness():
+    # (0, 0) class 0: probability 0.3, centerness 0.1, score 0.03; (3, 3) class 1: 0.2 x 0.5 = 0.1.
+    maps = one_level_maps({(0, 0, 0): 0.3, (3, 3, 1): 0.2}, {(0, 0): 0.1})
+    options = {"strides": (8,), "image_shape": (32, 32)}
+    (points,) = postprocess_detections(*maps, **options, candidates="points")
+    torch.testing.assert_close(points["scores"], torch.tensor([0.1, 0.03]))  # 0.03 < 0.05 is kept
+    torch.testing.assert_close(points["labels"], torch.tensor([1, 0]))
+    torch.testing.assert_close(points["boxes"], torch.tensor([point_box(3, 3), point_box(0, 0)]))
+    (pairs,) = postprocess_detections(*maps, **options, candidates="pairs")
+    torch.testing.assert_close(pairs["scores"], torch.tensor([0.1]))
+
+
+def test_points_keep_the_top_points_by_their_best_class_with_all_their_classes():
+    # Centerness 0.5 everywhere, so score = probability / 2:
+    #   (0, 0): class 0 0.9                 -> best 0.45
+    #   (1, 2): class 0 0.7, class 1 0.7    -> best 0.35 (the largest sum of the three)
+    #   (3, 1): class 1 0.8, class 0 0.2    -> best 0.40; its class 0 scores 0.1
+    maps = one_level_maps({(0, 0, 0): 0.9, (1, 2, 0): 0.7, (1, 2, 1): 0.7, (3, 1, 1): 0.8, (3, 1, 0): 0.2})
+    options = {"strides": (8,), "image_shape": (32, 32), "pre_nms_topk": 2}  # 16 points > 2
+    # points: the top 2 points by best class are (0, 0) and (3, 1); both classes of (3, 1) count.
+    (points,) = postprocess_detections(*maps, **options, candidates="points")
+    torch.testing.assert_close(points["scores"], torch.tensor([0.45, 0.4, 0.1]))
+    torch.testing.assert_close(points["labels"], torch.tensor([0, 1, 0]))
+    torch.testing.assert_close(
+        points["boxes"], torch.tensor([point_box(0, 0), point_box(3, 1), point_box(3, 1)])
+    )
+    # pairs: the top 2 pairs, (0, 0) class 0 and (3, 1) class 1.
+    (pairs,) = postprocess_detections(*maps, **options, candidates="pairs")
+    torch.testing.assert_close(pairs["scores"], torch.tensor([0.45, 0.4]))
+    torch.testing.assert_close(pairs["labels"], torch.tensor([0, 1]))
+    # With room for every point, both rules see (1, 2) too: 0.35 twice (class 0 and 1, one box each).
+    (everything,) = postprocess_detections(*maps, **{**options, "pre_nms_topk": 16})
+    torch.testing.assert_close(everything["scores"], torch.tensor([0.45, 0.4, 0.35, 0.35, 0.1]))
+
+
+def authors_postprocess(cls_logits, box_regression, centerness, strides, image_size, scale, options):
+    """The authors' rule for one image, written out point by point: top points by best class per level,
+    decode, clip, rescale, probability threshold, score = probability * centerness, greedy class-wise NMS.
+    Boxes that clipping empties (points in the padding) are dropped, as kldet does (the authors' 800x800
+    AI-TOD images have no padding)."""
+    height, width = image_size
+    candidates = []  # (score, label, box)
+    for logits, distances, ctr, stride in zip(cls_logits, box_regression, centerness, strides, strict=True):
+        probabilities = logits[0].sigmoid()  # (C, h, w)
+        ctr_probability = ctr[0, 0].sigmoid()
+        cells = [(i, j) for i in range(logits.shape[2]) for j in range(logits.shape[3])]
+        best = {
+            cell: float((probabilities[:, cell[0], cell[1]] * ctr_probability[cell]).max()) for cell in cells
+        }
+        cells = sorted(cells, key=lambda cell: -best[cell])[: options["pre_nms_topk"]]
+        for i, j in cells:
+            x, y = j * stride + stride // 2, i * stride + stride // 2
+            left, top, right, bottom = (float(d) * stride for d in distances[0, :, i, j])
+            box = [
+                min(max(x - left, 0), width) / scale[0],
+                min(max(y - top, 0), height) / scale[1],
+                min(max(x + right, 0), width) / scale[0],
+                min(max(y + bottom, 0), height) / scale[1],
+            ]
+            if box[2] <= box[0] or box[3] <= box[1]:
+                continue
+            for label in range(logits.shape[1]):
+                if probabilities[label, i, j] > options["score_thresh"]:
+                    candidates.append((float(probabilities[label, i, j] * ctr_probability[i, j]), label, box))
+    candidates.sort(key=lambda c: -c[0])
+    kept = []
+    for score, label, box in candidates:
+        same_class = [k for k in kept if k[1] == label]
+        if all(
+            box_iou(torch.tensor([box]), torch.tensor([k[2]])).item() <= options["nms_thresh"]
+            for k in same_class
+        ):
+            kept.append((score, label, box))
+    return kept[: options["max_detections"]]
+
+
+def test_points_rule_matches_a_point_by_point_reference_on_random_maps():
+    generator = torch.Generator().manual_seed(0)
+    strides, image_shape = (8, 16), (64, 96)
+    options = {"score_thresh": 0.05, "nms_thresh": 0.5, "pre_nms_topk": 40, "max_detections": 25}
+    for trial in range(3):
+        sides = [(image_shape[0] // s, image_shape[1] // s) for s in strides]  # 96 and 24 points
+        cls_logits = [torch.randn(1, 3, h, w, generator=generator) * 2 - 2.5 for h, w in sides]
+        box_regression = [torch.rand(1, 4, h, w, generator=generator) * 2 for h, w in sides]
+        centerness = [torch.randn(1, 1, h, w, generator=generator) for h, w in sides]
+        size, scale = (60, 90 - 10 * trial), (0.5 + 0.25 * trial, 0.75)
+        (ours,) = postprocess_detections(
+            cls_logits, box_regression, centerness, strides, image_shape, [size], [scale], **options
+        )
+        expected = authors_postprocess(cls_logits, box_regression, centerness, strides, size, scale, options)
+        assert len(expected) == options["max_detections"]  # the cap and the top-k both bite
+        torch.testing.assert_close(ours["scores"], torch.tensor([e[0] for e in expected]))
+        torch.testing.assert_close(ours["labels"], torch.tensor([e[1] for e in expected]))
+        torch.testing.assert_close(ours["boxes"], torch.tensor([e[2] for e in expected]))
+
+
+def test_unknown_candidate_rule_is_a_config_error():
+    with pytest.raises(KLDetConfigError, match="candidates='top'"):
+        postprocess_detections(*hand_made_maps(), strides=(8, 16), image_shape=(64, 64), candidates="top")
+    with pytest.raises(KLDetConfigError, match="candidates='top'"):
+        tiny_detector(candidates="top")
 
 
 def test_postprocess_rejects_maps_of_another_image_shape():

@@ -56,6 +56,9 @@ class PredictConfig:
         None,
         "none, train (scale as training did) or a longer side in px (default: native, warns on a mismatch)",
     )
+    candidates: str | None = option(
+        None, "pre-NMS candidates: points (the authors') or pairs (torchvision's) (default: the checkpoint's)"
+    )
     coco_gt: str | None = option(None, "COCO annotation file whose image ids the results should use")
     render: bool = option(True, "write images with boxes to output/rendered")
     render_labels: bool = option(True, "write class and score by each box")
@@ -156,6 +159,7 @@ def predict(config: PredictConfig) -> PredictSummary:
         device=config.device,
         score_thresh=config.score_thresh,
         nms_thresh=config.nms_thresh,
+        candidates=config.candidates,
         tile_size=config.tile_size,
         overlap=config.overlap,
         batch_size=config.batch_size,

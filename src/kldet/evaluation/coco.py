@@ -4,6 +4,7 @@ AI-TOD (its authors' cocoapi fork) scores on box area with the ranges very tiny 
 small [16², 32²] and medium [32², 1e5²], and lets each image keep up to 1500 detections per class.
 Both COCO libraries hard-code the standard three ranges in ``summarize()``, so :func:`summarize`
 reads AP and AR off the ``precision`` / ``recall`` arrays that ``accumulate()`` leaves, for any ranges.
+The AI-TOD protocol adds the optimal LRP (:mod:`kldet.evaluation.lrp`) on the matching of AP50.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from torchvision.ops import box_convert
 
 from kldet.errors import KLDetDataError
 from kldet.evaluation.inputs import EvaluationSet
+from kldet.evaluation.lrp import LRP_KEYS, OptimalLRP, optimal_lrp
 
 logger = logging.getLogger(__name__)
 
@@ -39,14 +41,17 @@ class CocoProtocol:
             pycocotools; the first is the whole range, key ``"all"``. Keys name the metrics (``AP_<key>``),
             labels are the reference libraries' names (their ``summarize()`` looks ranges up by label).
         max_dets: detections kept per image and class, ascending; AP and the per-range numbers use the last.
+        olrp: also report the optimal LRP (:data:`kldet.evaluation.lrp.LRP_KEYS`), at IoU 0.5, the whole
+            range and the last cap.
     """
 
     area_ranges: tuple[tuple[str, str, float, float], ...]
     max_dets: tuple[int, ...]
+    olrp: bool = False
 
     @property
     def summary_keys(self) -> list[str]:
-        """Keys of :func:`summarize` before the per-class ones, in reporting order."""
+        """AP and AR keys of :func:`summarize`, in reporting order (the oLRP ones follow them)."""
         areas = [key for key, *_ in self.area_ranges[1:]]
         return (
             ["AP", "AP50", "AP75"]
@@ -65,6 +70,7 @@ AITOD_PROTOCOL = CocoProtocol(
         ("m", "medium", 32**2, 1e5**2),
     ),
     max_dets=(100, 300, 1500),
+    olrp=True,
 )
 COCO_PROTOCOL = CocoProtocol(
     area_ranges=(
@@ -122,7 +128,11 @@ def configure_params(params, protocol: CocoProtocol) -> None:
 
 
 def summarize(
-    precision: np.ndarray, recall: np.ndarray, protocol: CocoProtocol, class_names: list[str]
+    precision: np.ndarray,
+    recall: np.ndarray,
+    protocol: CocoProtocol,
+    class_names: list[str],
+    lrp: list[OptimalLRP | None] | None = None,
 ) -> dict[str, float]:
     """AP and AR as COCO defines them: the mean over the entries that are not -1 (-1 if there are none).
 
@@ -131,11 +141,18 @@ def summarize(
         recall: (T, K, A, M) ``eval["recall"]``.
         protocol: the ranges and caps the arrays were computed with (A and M follow its order).
         class_names: K names in category-id order; each adds ``"AP_<name>"`` (all areas, last cap).
+        lrp: the K classes' :func:`kldet.evaluation.lrp.optimal_lrp` (None: no ground truth), as
+            :func:`class_lrp` gives them. The summary ``oLRP``, ``oLRP_loc``, ``oLRP_FP``, ``oLRP_FN`` are then
+            their means over the classes where they are defined, and each class adds ``oLRP_<name>``,
+            ``oLRP_loc_<name>``, ``oLRP_FP_<name>``, ``oLRP_FN_<name>`` and ``oLRP_threshold_<name>``.
 
     Returns:
-        ``protocol.summary_keys`` then the per-class keys, values in [0, 1] or -1 where no ground truth
-        falls in a range.
+        ``protocol.summary_keys``, the oLRP summary keys, then the per-class keys; values in [0, 1], or -1
+        where undefined (no ground truth in a range; for oLRP no ground truth of the class, and for its
+        localisation, FP and threshold no true positive).
     """
+    if lrp is not None and len(lrp) != len(class_names):
+        raise ValueError(f"summarize: {len(class_names)} classes but {len(lrp)} oLRP results")
     last = len(protocol.max_dets) - 1
     iou50, iou75 = (int(np.flatnonzero(np.isclose(IOU_THRESHOLDS, t))[0]) for t in (0.5, 0.75))
     metrics = {
@@ -147,14 +164,30 @@ def summarize(
     metrics.update({f"AP_{key}": _mean_valid(precision[:, :, :, a, last]) for a, key in areas})
     metrics.update({f"AR@{n}": _mean_valid(recall[:, :, 0, m]) for m, n in enumerate(protocol.max_dets)})
     metrics.update({f"AR_{key}": _mean_valid(recall[:, :, a, last]) for a, key in areas})
-    for k, name in enumerate(class_names):
-        key = f"AP_{name}"
-        if key in metrics:
-            raise KLDetDataError(
-                f"class name {name!r} gives the metric key {key!r}, which a summary metric or another class uses"
-            )
-        metrics[key] = _mean_valid(precision[:, :, k, 0, last])
+    # (K, P) per-class values, one column per key prefix; NaN (then -1) where undefined.
+    prefixes = ["AP"]
+    columns = [[_mean_valid(precision[:, :, k, 0, last]) for k in range(len(class_names))]]
+    if lrp is not None:
+        table = np.array([np.full(5, np.nan) if result is None else result for result in lrp]).reshape(-1, 5)
+        metrics.update(
+            {key: _mean_valid(_undefined_as_minus_one(table[:, i])) for i, key in enumerate(LRP_KEYS)}
+        )
+        prefixes += [*LRP_KEYS, "oLRP_threshold"]
+        columns += [_undefined_as_minus_one(column).tolist() for column in table.T]
+    for prefix, column in zip(prefixes, columns, strict=True):
+        for name, value in zip(class_names, column, strict=True):
+            key = f"{prefix}_{name}"
+            if key in metrics:
+                raise KLDetDataError(
+                    f"class name {name!r} gives the metric key {key!r}, which a summary metric or another "
+                    "class uses"
+                )
+            metrics[key] = float(value)
     return metrics
+
+
+def _undefined_as_minus_one(values: np.ndarray) -> np.ndarray:
+    return np.where(np.isnan(values), -1.0, values)
 
 
 def _mean_valid(values: np.ndarray) -> float:
@@ -193,7 +226,86 @@ def evaluate_coco(
         configure_params(evaluator.params, protocol)
         evaluator.evaluate()
         evaluator.accumulate()
-    return summarize(evaluator.eval["precision"], evaluator.eval["recall"], protocol, names)
+        lrp = class_lrp(evaluator, ground_truth, detections, protocol) if protocol.olrp else None
+    return summarize(evaluator.eval["precision"], evaluator.eval["recall"], protocol, names, lrp)
+
+
+class _MatchingAt(COCOeval_faster):
+    """faster-coco-eval's matching for one IoU threshold, area range and cap, on the IoUs that an evaluator
+    has computed for all of them.
+
+    faster-coco-eval keeps its per-image matching in C++ objects Python cannot read, and its ``matched``
+    dict (detection id, ground-truth id -> IoU) merges the matchings of every threshold and range, where a
+    detection can match a different ground truth at each. Evaluating the one setting again, with the same
+    code on the same IoUs, gives exactly the matching that AP at that setting counted.
+    """
+
+    def __init__(
+        self, evaluator: COCOeval_faster, iou_threshold: float, area: tuple[float, float], max_det: int
+    ):
+        super().__init__(evaluator.cocoGt, evaluator.cocoDt, "bbox", print_function=logger.debug)
+        self.params.iouThrs = np.array([iou_threshold])
+        self.params.areaRng = [list(area)]
+        self.params.areaRngLbl = ["all"]
+        self.params.maxDets = [max_det]
+        self._computed_ious = evaluator.ious
+
+    def computeIoU(self, imgId, catId):  # noqa: N802 (the library's name)
+        return self._computed_ious[imgId, catId]
+
+
+def class_lrp(
+    evaluator: COCOeval_faster, ground_truth: dict, detections: CocoDetections, protocol: CocoProtocol
+) -> list[OptimalLRP | None]:
+    """The optimal LRP of each category (id order) on the matching of AP at IoU 0.5, the first (whole) area
+    range and the last cap, after ``evaluator.evaluate()`` on ``ground_truth`` and
+    :func:`detections_dataset` of ``detections`` (detection ids 1..N in their order).
+
+    As in the AI-TOD fork, each image keeps its top ``max_dets[-1]`` detections per class, a detection
+    matched to a crowd (ignored) box counts as neither TP nor FP, and N_gt counts the boxes that are not.
+    """
+    _, _, low, high = protocol.area_ranges[0]
+    matching = _MatchingAt(evaluator, 0.5, (low, high), protocol.max_dets[-1])
+    matching.evaluate()
+    matched = matching.eval["matched"]  # "dtid_gtid" -> IoU, for every matched detection
+    pairs = np.array([key.split("_") for key in matched], dtype=np.int64).reshape(-1, 2)
+
+    gt = ground_truth["annotations"]
+    gt_ids = np.array([a["id"] for a in gt], dtype=np.int64)
+    gt_categories = np.array([a["category_id"] for a in gt], dtype=np.int64)
+    gt_areas = np.array([a["area"] for a in gt], dtype=np.float64)
+    gt_ignored = np.array([bool(a.get("iscrowd", 0)) for a in gt], dtype=bool) | ~_within(gt_areas, low, high)
+    by_id = np.argsort(gt_ids)
+
+    count = len(detections.scores)
+    ious = np.zeros(count)
+    matched_gt = np.full(count, -1)  # row in ``gt``
+    ious[pairs[:, 0] - 1] = np.fromiter(matched.values(), dtype=np.float64, count=len(matched))
+    matched_gt[pairs[:, 0] - 1] = by_id[np.searchsorted(gt_ids, pairs[:, 1], sorter=by_id)]
+    is_matched = matched_gt >= 0
+    areas = detections.boxes[:, 2] * detections.boxes[:, 3]
+    ignored = ~_within(areas, low, high)  # unmatched detections outside the range; matched ones by their box
+    ignored[is_matched] = gt_ignored[matched_gt[is_matched]]
+    # The libraries rank an image's detections of a class by score, ties in id order, and keep the cap.
+    ids = np.arange(count)
+    order = np.lexsort((ids, -detections.scores, detections.category_ids, detections.image_ids))
+    group = np.stack([detections.image_ids[order], detections.category_ids[order]])
+    starts = np.flatnonzero(np.r_[True, (group[:, 1:] != group[:, :-1]).any(axis=0)]) if count else ids
+    rank = np.empty(count, dtype=np.int64)
+    rank[order] = ids - np.repeat(starts, np.diff(np.r_[starts, count]))
+    counted = (rank < protocol.max_dets[-1]) & ~ignored
+    # Across images, ties rank by image id, then id (the fork's stable sort of image-ordered lists).
+    ranked = np.lexsort((ids, detections.image_ids))
+    results = []
+    for category in sorted(c["id"] for c in ground_truth["categories"]):
+        rows = ranked[counted[ranked] & (detections.category_ids[ranked] == category)]
+        num_gt = int(((gt_categories == category) & ~gt_ignored).sum())
+        results.append(optimal_lrp(detections.scores[rows], is_matched[rows], ious[rows], num_gt))
+    return results
+
+
+def _within(areas: np.ndarray, low: float, high: float) -> np.ndarray:
+    return (areas >= low) & (areas <= high)
 
 
 def detections_dataset(ground_truth: dict, detections: CocoDetections) -> dict:

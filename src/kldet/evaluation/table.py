@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from kldet.evaluation.coco import PROTOCOLS
+from kldet.evaluation.lrp import LRP_KEYS
 
 
 def format_table(metrics: dict[str, float], kind: str, class_names: list[str]) -> str:
     """Markdown tables of ``metrics`` as :func:`kldet.evaluation.evaluate_detections` returns them.
 
-    AI-TOD / COCO: one row of AP numbers, one of AR numbers, then AP per class. VOC: the two mAP
+    AI-TOD / COCO: one row of AP numbers, one of AR numbers, then AP per class; AI-TOD adds a row of oLRP
+    numbers, and oLRP, its components and its score threshold to the per-class rows. VOC: the two mAP
     variants, then both per class.
     """
     if kind == "voc":
@@ -20,14 +22,27 @@ def format_table(metrics: dict[str, float], kind: str, class_names: list[str]) -
             [[name, metrics[f"AP_{name}"], metrics[f"AP07_{name}"]] for name in class_names],
         )
         return f"{summary}\n\n{per_class}"
-    keys = PROTOCOLS[kind].summary_keys
-    precision_keys = [k for k in keys if k.startswith("AP")]
-    recall_keys = [k for k in keys if k.startswith("AR")]
+    protocol = PROTOCOLS[kind]
+    precision_keys = [k for k in protocol.summary_keys if k.startswith("AP")]
+    recall_keys = [k for k in protocol.summary_keys if k.startswith("AR")]
+    tables = [
+        _table(precision_keys, [[metrics[k] for k in precision_keys]]),
+        _table(recall_keys, [[metrics[k] for k in recall_keys]]),
+    ]
+    if not protocol.olrp:
+        return "\n\n".join(
+            [*tables, _table(["class", "AP"], [[name, metrics[f"AP_{name}"]] for name in class_names])]
+        )
+    per_class = [
+        [name, metrics[f"AP_{name}"], *(metrics[f"{key}_{name}"] for key in LRP_KEYS)]
+        + [_score(metrics[f"oLRP_threshold_{name}"])]
+        for name in class_names
+    ]
     return "\n\n".join(
         [
-            _table(precision_keys, [[metrics[k] for k in precision_keys]]),
-            _table(recall_keys, [[metrics[k] for k in recall_keys]]),
-            _table(["class", "AP"], [[name, metrics[f"AP_{name}"]] for name in class_names]),
+            *tables,
+            _table(list(LRP_KEYS), [[metrics[k] for k in LRP_KEYS]]),
+            _table(["class", "AP", *LRP_KEYS, "oLRP threshold"], per_class),
         ]
     )
 
@@ -38,6 +53,11 @@ def _table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |" for row in cells]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(lines)
+
+
+def _score(value: float) -> str:
+    """A detection score as is (not a percentage), "-" where undefined."""
+    return "-" if value < 0 else f"{value:.3f}"
 
 
 def _cell(value) -> str:

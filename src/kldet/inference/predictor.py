@@ -97,14 +97,15 @@ class Predictor:
         *,
         score_thresh: float | None = None,
         nms_thresh: float | None = None,
+        candidates: str | None = None,
         **options,
     ) -> "Predictor":
         """Load a checkpoint (:func:`kldet.checkpoint.load_detector`) onto ``device``.
 
-        ``score_thresh`` / ``nms_thresh`` override the checkpoint's post-processing (``None``: keep it);
-        ``options`` are the remaining :class:`Predictor` arguments.
+        ``score_thresh`` / ``nms_thresh`` / ``candidates`` override the checkpoint's post-processing
+        (``None``: keep it); ``options`` are the remaining :class:`Predictor` arguments.
         """
-        overrides = {"score_thresh": score_thresh, "nms_thresh": nms_thresh}
+        overrides = {"score_thresh": score_thresh, "nms_thresh": nms_thresh, "candidates": candidates}
         model, meta = load_detector(
             path, map_location=device, overrides={k: v for k, v in overrides.items() if v is not None}
         )

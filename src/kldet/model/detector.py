@@ -19,7 +19,7 @@ from kldet.model.attention import TaskLevelAttention
 from kldet.model.backbone import ResNetFPN
 from kldet.model.head import FCOSHead
 from kldet.model.losses import fcos_losses
-from kldet.model.postprocess import postprocess_detections
+from kldet.model.postprocess import check_candidates, postprocess_detections
 
 ASSIGNERS = ("alitsm", "fcos")
 
@@ -56,7 +56,9 @@ class KLDet(nn.Module):
         center_sampling, center_radius, regress_ranges: FCOS-assigner settings; ``regress_ranges`` is one
             (low, high) range of max(l, t, r, b) per level, by default FCOS's five ranges given to the
             five levels in order (also with P2: objects under 64 px then all go to the first level).
-        score_thresh, nms_thresh, pre_nms_topk, max_detections: post-processing.
+        score_thresh, nms_thresh, pre_nms_topk, max_detections, candidates: post-processing, see
+            :func:`kldet.model.postprocess.postprocess_detections`; ``candidates`` "points" is the authors'
+            rule (threshold on the raw class probability), "pairs" torchvision's (threshold on the score).
     """
 
     def __init__(
@@ -86,12 +88,14 @@ class KLDet(nn.Module):
         nms_thresh: float = 0.5,
         pre_nms_topk: int = 3000,
         max_detections: int = 3000,
+        candidates: str = "points",
     ) -> None:
         super().__init__()
         if num_classes < 1:
             raise KLDetConfigError(f"num_classes={num_classes}: need at least one class")
         if assigner not in ASSIGNERS:
             raise KLDetConfigError(f"assigner={assigner!r}: choose one of {', '.join(ASSIGNERS)}")
+        check_candidates(candidates)
         self.num_classes = num_classes
         self.backbone = ResNetFPN(
             backbone, weights, tuple(fpn_levels), frozen_stages, channels, backbone_norm, style
@@ -127,6 +131,7 @@ class KLDet(nn.Module):
             "nms_thresh": nms_thresh,
             "pre_nms_topk": pre_nms_topk,
             "max_detections": max_detections,
+            "candidates": candidates,
         }
 
     def forward(self, images: Tensor) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:

@@ -7,8 +7,17 @@ from torch import Tensor
 from torchvision.ops import batched_nms, clip_boxes_to_image
 
 from kldet.assign import points_and_strides
-from kldet.errors import KLDetDataError
+from kldet.errors import KLDetConfigError, KLDetDataError
 from kldet.model.head import decode_boxes
+
+# How each level's candidates are chosen before NMS; see postprocess_detections.
+CANDIDATE_RULES = ("points", "pairs")
+
+
+def check_candidates(candidates: str) -> None:
+    """Raises :class:`KLDetConfigError` unless ``candidates`` is one of :data:`CANDIDATE_RULES`."""
+    if candidates not in CANDIDATE_RULES:
+        raise KLDetConfigError(f"candidates={candidates!r}: choose one of {', '.join(CANDIDATE_RULES)}")
 
 
 def postprocess_detections(
@@ -24,14 +33,23 @@ def postprocess_detections(
     nms_thresh: float = 0.5,
     pre_nms_topk: int = 3000,
     max_detections: int = 3000,
+    candidates: str = "points",
 ) -> list[dict[str, Tensor]]:
     """Decode, filter, NMS and rescale the raw outputs of :class:`kldet.model.KLDet`.
 
-    Per level, the top ``pre_nms_topk`` (point, class) pairs by ``sigmoid(cls) * sigmoid(centerness)``
-    with a score above ``score_thresh`` are candidates (pairs rather than points, as torchvision and
-    mmdet >= 2.18 do: one bound on the candidates whatever the number of classes). Boxes are decoded,
-    clipped to the image size, emptied ones dropped, class-wise NMS at ``nms_thresh`` keeps at most
-    ``max_detections`` per image, and boxes are divided by the scale factor.
+    A (point, class) pair scores ``sigmoid(cls) * sigmoid(centerness)``. Per level, ``candidates`` picks
+    the pairs that go to NMS:
+
+    - ``"points"`` (the authors' mmdet 2.13 FCOS, KLDET_SPEC.md section 1): a level with more than
+      ``pre_nms_topk`` points keeps its top ``pre_nms_topk`` *points* by their best pair score; every
+      pair of those points whose raw class probability ``sigmoid(cls)`` exceeds ``score_thresh`` is a
+      candidate (so kept scores can be below ``score_thresh``, e.g. 0.3 x 0.1);
+    - ``"pairs"`` (torchvision, mmdet >= 2.18): the top ``pre_nms_topk`` *pairs* by score whose score
+      exceeds ``score_thresh`` (one bound on the candidates whatever the number of classes).
+
+    Candidate boxes are decoded, clipped to the image size and divided by the scale factor; boxes emptied
+    by the clipping (points in the padding) are dropped; class-wise NMS at ``nms_thresh`` then keeps at
+    most ``max_detections`` per image.
 
     Args:
         cls_logits: per level (B, C, h_l, w_l).
@@ -41,11 +59,13 @@ def postprocess_detections(
         image_shape: (H, W) of the padded batch the maps were computed on.
         image_sizes: per image (h, w) of the resized image before padding; default ``image_shape``.
         scale_factors: per image (sx, sy) = resized / original size; default (1, 1).
+        candidates: "points" or "pairs", as above.
 
     Returns:
         per image ``{"boxes": (K, 4) xyxy in original pixels, "scores": (K,), "labels": (K,) long}``,
         sorted by decreasing score.
     """
+    check_candidates(candidates)
     batch_size = cls_logits[0].shape[0]
     device = cls_logits[0].device
     image_sizes = [tuple(image_shape)] * batch_size if image_sizes is None else list(image_sizes)
@@ -63,35 +83,64 @@ def postprocess_detections(
             f"{tuple(strides)} has {points.shape[0]}: pass the shape of the padded batch the maps come from"
         )
 
+    select = _point_candidates if candidates == "points" else _pair_candidates
     # Per image: lists over levels of candidate scores, point indices and labels.
-    candidates: list[list[tuple[Tensor, Tensor, Tensor]]] = [[] for _ in range(batch_size)]
+    per_image: list[list[tuple[Tensor, Tensor, Tensor]]] = [[] for _ in range(batch_size)]
     first_point = 0
     for level_logits, level_centerness in zip(cls_logits, centerness, strict=True):
-        num_classes = level_logits.shape[1]
-        # (B, h*w*C), point-major like the flattened points.
-        scores = level_logits.float().sigmoid().flatten(2) * level_centerness.float().sigmoid().flatten(2)
-        scores = scores.transpose(1, 2).reshape(batch_size, -1)
-        top_scores, top_index = scores.topk(min(pre_nms_topk, scores.shape[1]), dim=1)
-        for image, (image_scores, image_index) in enumerate(zip(top_scores, top_index, strict=True)):
-            keep = image_scores > score_thresh
-            image_index = image_index[keep]
-            candidates[image].append(
-                (image_scores[keep], first_point + image_index // num_classes, image_index % num_classes)
+        # (B, h*w, C), point-major like the flattened points.
+        probabilities = level_logits.float().sigmoid().flatten(2).transpose(1, 2)
+        scores = probabilities * level_centerness.float().sigmoid().flatten(2).transpose(1, 2)
+        for image in range(batch_size):
+            kept_scores, point_index, labels = select(
+                probabilities[image], scores[image], score_thresh, pre_nms_topk
             )
+            per_image[image].append((kept_scores, first_point + point_index, labels))
         first_point += level_logits.shape[-2] * level_logits.shape[-1]
 
     distances = torch.cat([level.float().flatten(2) for level in box_regression], dim=2).transpose(1, 2)
     detections = []
     for image, (image_candidates, size, (sx, sy)) in enumerate(
-        zip(candidates, image_sizes, scale_factors, strict=True)
+        zip(per_image, image_sizes, scale_factors, strict=True)
     ):
         scores, point_index, labels = (torch.cat(parts) for parts in zip(*image_candidates, strict=True))
         boxes = decode_boxes(points[point_index], point_strides[point_index], distances[image, point_index])
         boxes = clip_boxes_to_image(boxes, (int(size[0]), int(size[1])))
         # Points in the padding decode to boxes outside the image, empty once clipped.
         nonempty = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-        boxes, scores, labels = boxes[nonempty], scores[nonempty], labels[nonempty]
-        keep = batched_nms(boxes, scores, labels, nms_thresh)[:max_detections]
         scale = torch.tensor([sx, sy, sx, sy], dtype=boxes.dtype, device=device)
-        detections.append({"boxes": boxes[keep] / scale, "scores": scores[keep], "labels": labels[keep]})
+        boxes, scores, labels = boxes[nonempty] / scale, scores[nonempty], labels[nonempty]
+        keep = batched_nms(boxes, scores, labels, nms_thresh)[:max_detections]
+        detections.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
     return detections
+
+
+def _point_candidates(
+    probabilities: Tensor, scores: Tensor, score_thresh: float, pre_nms_topk: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The ``"points"`` rule on one level of one image.
+
+    Args:
+        probabilities: (P, C) sigmoid(cls); scores: (P, C) sigmoid(cls) * sigmoid(centerness).
+
+    Returns:
+        candidate scores (K,), their point indices (K,) into the P points and labels (K,).
+    """
+    if scores.shape[0] > pre_nms_topk:
+        points = scores.amax(dim=1).topk(pre_nms_topk).indices
+        probabilities, scores = probabilities[points], scores[points]
+    else:
+        points = torch.arange(scores.shape[0], device=scores.device)
+    point, label = (probabilities > score_thresh).nonzero(as_tuple=True)
+    return scores[point, label], points[point], label
+
+
+def _pair_candidates(
+    probabilities: Tensor, scores: Tensor, score_thresh: float, pre_nms_topk: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The ``"pairs"`` rule on one level of one image; arguments and result as :func:`_point_candidates`."""
+    num_classes = scores.shape[1]
+    top_scores, top_index = scores.flatten().topk(min(pre_nms_topk, scores.numel()))
+    keep = top_scores > score_thresh
+    top_index = top_index[keep]
+    return top_scores[keep], top_index // num_classes, top_index % num_classes

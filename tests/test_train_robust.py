@@ -82,6 +82,9 @@ def train_fails(monkeypatch, capsys, *argv, base=TINY) -> str:
         ("optim.warmup=cosine", "optim.warmup='cosine': choose one of constant, linear, none"),
         ("trainer.precision=half", "trainer.precision='half': must be one of"),
         ("module.metric=map", "module.metric='map': choose one of aitod, coco, voc"),
+        ("model.style=caffee", "model.style='caffee': choose one of pytorch, caffe"),
+        ("model.candidates=all", "model.candidates='all': choose one of points, pairs"),
+        ("data.difficult=maybe", "data.difficult='maybe': choose one of object, ignore"),
         ("seed=-1", "seed=-1: must be in [0, 4.29497e+09]"),
     ],
 )

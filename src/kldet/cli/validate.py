@@ -37,6 +37,7 @@ from kldet.model import KLDet
 from kldet.model.backbone import NORM_LAYERS, RESNETS, STYLES
 from kldet.model.detector import ASSIGNERS
 from kldet.model.head import HEAD_NORMS
+from kldet.model.postprocess import CANDIDATE_RULES
 
 # Hydra's instantiate keys, not arguments of the target.
 HYDRA_KEYS = frozenset({"_target_", "_partial_", "_recursive_", "_convert_", "_args_"})
@@ -133,6 +134,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "data.difficult": DIFFICULT_MODES,
     "model.backbone": RESNETS,
     "model.style": STYLES,
+    "model.candidates": CANDIDATE_RULES,
     "model.backbone_norm": tuple(NORM_LAYERS),
     "model.head_norm": HEAD_NORMS,
     "model.assigner": ASSIGNERS,

@@ -514,7 +514,9 @@ def test_ddp_on_two_cpu_processes_matches_a_single_process_evaluation(capsys, tm
     # Neither Lightning's DDP logging advice, nor its tips, nor library deprecations reach the console.
     assert "sync_dist" not in console and "Tip:" not in console and "deprecated" not in console
     log = (run / "train.log").read_text()  # the whole run
-    assert re.search(r"val, epoch 0 \(step \d+\): val/AP [\d.]+, val/AP50 ", log) and "val/AP_vt" in log
+    metric_line = re.search(r"val, epoch 0 \(step \d+\): val/AP [\d.]+, val/AP50 .*", log)
+    assert metric_line and "val/AP_vt" in metric_line[0] and "val/oLRP " in metric_line[0]
+    assert "val/AP_airplane" not in metric_line[0] and "oLRP_FN_" not in metric_line[0]  # per class: not here
     assert re.search(r"epoch 0 \(step \d+\): train/loss [\d.]+", log)
     assert "[py.warnings][WARNING]" in log and "test metrics of" in log and "| AP50 |" in log
     logged = json.loads((run / "metrics.json").read_text())

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from kldet.checkpoint import load_detector
 from kldet.data.transforms import recorded_resize_policy
 from kldet.errors import KLDetConfigError, KLDetError
-from kldet.evaluation import DetectionMetric
+from kldet.evaluation import LRP_KEYS, DetectionMetric
 from kldet.inference.render import draw_detections
 from kldet.model import InputNormalization, KLDet
 
@@ -391,8 +391,10 @@ class KLDetModule(L.LightningModule):
         logged = {f"{stage}/{name}": float(value) for name, value in values.items()}
         self.log_dict(logged, sync_dist=True, reduce_fx="max")
         if self.trainer.is_global_zero:
+            # One line of the summary numbers; the per-class values go to the loggers and metrics.json.
+            prefixes = ("AP", "AP07", *LRP_KEYS, "oLRP_threshold")
             per_class = {
-                f"{stage}/{prefix}_{name}" for name in self.hparams["classes"] for prefix in ("AP", "AP07")
+                f"{stage}/{prefix}_{name}" for name in self.hparams["classes"] for prefix in prefixes
             }
             summary = ", ".join(f"{key} {value:.4f}" for key, value in logged.items() if key not in per_class)
             log.info("%s, epoch %d (step %d): %s", stage, self.current_epoch, self.global_step, summary)

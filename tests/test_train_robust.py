@@ -553,3 +553,30 @@ def test_bf16_mixed_trains_and_evaluates_on_the_cpu(tmp_path, data_dir, trained)
     assert all(torch.isfinite(torch.tensor(metrics[key])) for key in ("train/loss", "val/AP", "test/AP"))
     saved = torch.load(tmp_path / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
     assert saved["state_dict"]["model.head.cls_logits.weight"].dtype == torch.float32
+
+
+def test_kldet_eval_console_has_no_tips_or_library_deprecations(tmp_path, data_dir, trained):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    env["OMP_NUM_THREADS"] = "1"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kldet.cli.evaluate",
+            f"ckpt={trained / 'checkpoints' / 'last.ckpt'}",
+            *[arg for arg in TINY if arg.split("=")[0] in ("experiment", "data.max_size")],
+            *TINY_DATA,
+            f"paths.data_dir={data_dir}",
+            "split=val",
+            f"out={tmp_path / 'metrics.json'}",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    console = result.stdout + result.stderr
+    assert "| AP50 |" in console and (tmp_path / "metrics.json").is_file()
+    assert "Tip:" not in console and "deprecated" not in console and "Traceback" not in console

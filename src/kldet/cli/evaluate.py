@@ -104,9 +104,11 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
     Prints the table and writes the metrics JSON (``cfg.out`` or ``metrics_<split>.json`` beside the
     checkpoint); returns the metrics without the split prefix.
     """
+    from kldet.cli.logs import console_logging
     from kldet.cli.train import build_datamodule, build_trainer, prefixed, read_data
     from kldet.lit import KLDetModule
 
+    console_logging()
     ckpt = Path(cfg.ckpt)
     module = KLDetModule.from_checkpoint(ckpt, metric=cfg.module.metric)
     # The images are normalised as in training (the checkpoint's channel order, mean and std), whatever

@@ -1,6 +1,8 @@
-"""What kldet-train's console shows of the run log (conf/hydra/job_logging/kldet.yaml); ``train.log`` keeps all."""
+"""What kldet-train's console shows of the run log (conf/hydra/job_logging/kldet.yaml); ``train.log`` keeps all.
+kldet-eval, which runs no Hydra job, gets the same console through :func:`console_logging`."""
 
 import logging
+import sys
 import warnings
 from typing import Any
 
@@ -30,3 +32,19 @@ def capture_warnings() -> None:
         logging.getLogger("py.warnings").warning("%s", text, extra=extra)
 
     warnings.showwarning = log_warning
+
+
+def console_logging() -> None:
+    """The console of kldet-train for a CLI without Hydra's job logging (kldet-eval's checkpoint mode):
+    messages at INFO through :class:`ConsoleFilter` (no Lightning tips), warnings as log records, library
+    deprecations (:data:`LIBRARY_WARNINGS`) not shown."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.addFilter(ConsoleFilter())
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(logging.INFO)
+    # Lightning and torchmetrics give their loggers handlers of their own (as in the job logging config).
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "torchmetrics"):
+        logging.getLogger(name).handlers = []
+        logging.getLogger(name).propagate = True
+    capture_warnings()

@@ -205,6 +205,35 @@ def test_coco_split_that_cannot_be_resolved_fails_before_training(monkeypatch, c
     assert not (tmp_path / "run" / "checkpoints" / "last.ckpt").exists()
 
 
+def test_kldet_eval_applies_post_processing_keys_and_refuses_network_keys(
+    monkeypatch, capsys, tmp_path, trained, coco_files
+):
+    from kldet.lit import KLDetModule
+    from kldet.model.postprocess import POSTPROCESS_KEYS
+
+    loaded = []
+    from_checkpoint = KLDetModule.from_checkpoint
+    monkeypatch.setattr(
+        KLDetModule,
+        "from_checkpoint",
+        staticmethod(lambda *a, **k: loaded.append(from_checkpoint(*a, **k)) or loaded[-1]),
+    )
+    ckpt = trained / "checkpoints" / "best.ckpt"
+    val = [f"data.val_ann={coco_files['val_ann']}", f"data.val_images={coco_files['val_images']}"]
+    base = [f"ckpt={ckpt}", "data=coco", *val, "data.max_size=64", f"paths.data_dir={tmp_path}", "split=val"]
+    options = ["model.candidates=pairs", "model.score_thresh=0.2", "model.max_detections=7"]
+    assert kldet_eval([*base, *options, f"out={tmp_path / 'm.json'}"]) == 0, capsys.readouterr().err
+    applied = loaded[-1].model.postprocess_options
+    assert set(applied) == set(POSTPROCESS_KEYS)
+    assert (applied["candidates"], applied["score_thresh"], applied["max_detections"]) == ("pairs", 0.2, 7)
+    assert kldet_eval([*base, "model.channels=8"]) == 1
+    line = one_error_line(capsys)
+    assert (
+        "model.channels: kldet-eval takes the network from the checkpoint" in line
+        and "model.candidates" in line
+    )
+
+
 def test_kldet_eval_needs_only_the_split_it_evaluates(capsys, tmp_path, trained, coco_files):
     ckpt = trained / "checkpoints" / "best.ckpt"
     val = [f"data.val_ann={coco_files['val_ann']}", f"data.val_images={coco_files['val_images']}"]

@@ -98,11 +98,28 @@ def checkpoint_config(overrides: list[str]) -> DictConfig:
     return cfg
 
 
-def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
+def postprocess_overrides(cfg: DictConfig, overrides: list[str]) -> dict[str, object]:
+    """The ``model.*`` keys given on the command line, which must be post-processing settings (the network
+    comes from the checkpoint): ``{key: value}`` with the composed, validated values."""
+    from kldet.model.postprocess import POSTPROCESS_KEYS
+
+    given = [arg.split("=", 1)[0].lstrip("+~").removeprefix("model.") for arg in overrides]
+    given = [key for key, arg in zip(given, overrides, strict=True) if arg.lstrip("+~").startswith("model.")]
+    for key in given:
+        if key not in POSTPROCESS_KEYS:
+            raise KLDetConfigError(
+                f"model.{key}: kldet-eval takes the network from the checkpoint; of the model keys it only "
+                f"changes the post-processing: {', '.join('model.' + k for k in POSTPROCESS_KEYS)}"
+            )
+    return {key: cfg.model[key] for key in given}
+
+
+def evaluate_checkpoint(cfg: DictConfig, overrides: list[str] = ()) -> dict[str, float]:
     """Runs ``Trainer.validate`` or ``Trainer.test`` of the checkpoint on ``cfg.split`` of ``cfg.data``.
 
-    Prints the table and writes the metrics JSON (``cfg.out`` or ``metrics_<split>.json`` beside the
-    checkpoint); returns the metrics without the split prefix.
+    ``overrides`` are the command line's; its ``model.*`` keys change the checkpoint's post-processing
+    (:func:`postprocess_overrides`). Prints the table and writes the metrics JSON (``cfg.out`` or
+    ``metrics_<split>.json`` beside the checkpoint); returns the metrics without the split prefix.
     """
     from kldet.cli.logs import console_logging
     from kldet.cli.train import build_datamodule, build_trainer, prefixed, read_data
@@ -110,7 +127,9 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
 
     console_logging()
     ckpt = Path(cfg.ckpt)
+    postprocess = postprocess_overrides(cfg, list(overrides))
     module = KLDetModule.from_checkpoint(ckpt, metric=cfg.module.metric)
+    module.model.postprocess_options.update(postprocess)
     # The images are normalised as in training (the checkpoint's channel order, mean and std), whatever
     # model the configuration names.
     datamodule = build_datamodule(cfg, normalization=module.normalization.as_preprocess())
@@ -140,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         if any(arg.startswith("ckpt=") for arg in argv):
-            evaluate_checkpoint(checkpoint_config(argv))
+            evaluate_checkpoint(checkpoint_config(argv), argv)
             return 0
         if not any(arg.startswith("results=") for arg in argv):
             raise KLDetConfigError(

@@ -12,6 +12,8 @@ from kldet.model.head import decode_boxes
 
 # How each level's candidates are chosen before NMS; see postprocess_detections.
 CANDIDATE_RULES = ("points", "pairs")
+#: The KLDet keywords that set post-processing (the rest define the network or its training).
+POSTPROCESS_KEYS = ("score_thresh", "nms_thresh", "pre_nms_topk", "max_detections", "candidates")
 
 
 def check_candidates(candidates: str) -> None:

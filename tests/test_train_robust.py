@@ -48,6 +48,17 @@ def trained(tmp_path_factory, data_dir):
     return run
 
 
+def run_cli(module: str, *argv: str, cwd) -> str:
+    """Runs ``python -m module argv`` on one thread in a fresh process; asserts exit 0, returns its console."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    env["OMP_NUM_THREADS"] = "1"
+    result = subprocess.run(
+        [sys.executable, "-m", module, *argv], capture_output=True, text=True, env=env, cwd=cwd, timeout=300
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout + result.stderr
+
+
 def one_error_line(capsys) -> str:
     err = capsys.readouterr().err
     assert "Traceback" not in err
@@ -516,30 +527,14 @@ def test_interrupts_save_the_current_step_and_a_kill_resumes_from_the_last_saved
 @pytest.mark.slow
 def test_ddp_on_two_cpu_processes_matches_a_single_process_evaluation(capsys, tmp_path, data_dir, trained):
     run = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
-    env["OMP_NUM_THREADS"] = "1"
     # 8 images of seed 4: 6 train (13 objects), 2 val, one per process: a bridge in one, a ship in the other.
     ddp_data = ["synthetic.num_images=8", "synthetic.image_size=128", "synthetic.seed=4"]
     argv = [*TINY, *ddp_data, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
     argv += ["trainer.max_epochs=1", "trainer.check_val_every_n_epoch=1", "trainer.benchmark=false"]
     ddp_data_dir = tmp_path / "data"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kldet.cli.train",
-            *argv,
-            f"paths.data_dir={ddp_data_dir}",
-            f"hydra.run.dir={run}",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=300,
+    console = run_cli(
+        "kldet.cli.train", *argv, f"paths.data_dir={ddp_data_dir}", f"hydra.run.dir={run}", cwd=tmp_path
     )
-    assert result.returncode == 0, result.stdout + result.stderr
-    console = result.stdout + result.stderr
     # Neither Lightning's DDP logging advice, nor its tips, nor library deprecations reach the console.
     assert "sync_dist" not in console and "Tip:" not in console and "deprecated" not in console
     log = (run / "train.log").read_text()  # the whole run
@@ -585,27 +580,15 @@ def test_bf16_mixed_trains_and_evaluates_on_the_cpu(tmp_path, data_dir, trained)
 
 
 def test_kldet_eval_console_has_no_tips_or_library_deprecations(tmp_path, data_dir, trained):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
-    env["OMP_NUM_THREADS"] = "1"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kldet.cli.evaluate",
-            f"ckpt={trained / 'checkpoints' / 'last.ckpt'}",
-            *[arg for arg in TINY if arg.split("=")[0] in ("experiment", "data.max_size")],
-            *TINY_DATA,
-            f"paths.data_dir={data_dir}",
-            "split=val",
-            f"out={tmp_path / 'metrics.json'}",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
+    console = run_cli(
+        "kldet.cli.evaluate",
+        f"ckpt={trained / 'checkpoints' / 'last.ckpt'}",
+        *[arg for arg in TINY if arg.split("=")[0] in ("experiment", "data.max_size")],
+        *TINY_DATA,
+        f"paths.data_dir={data_dir}",
+        "split=val",
+        f"out={tmp_path / 'metrics.json'}",
         cwd=tmp_path,
-        timeout=300,
     )
-    assert result.returncode == 0, result.stdout + result.stderr
-    console = result.stdout + result.stderr
     assert "| AP50 |" in console and (tmp_path / "metrics.json").is_file()
     assert "Tip:" not in console and "deprecated" not in console and "Traceback" not in console

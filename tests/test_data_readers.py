@@ -16,8 +16,11 @@ from kldet.data import (
     AITOD_CLASSES,
     DIOR_CLASSES,
     find_aitod_split,
+    find_coco_split,
+    find_dior_split,
     read_aitod,
     read_coco,
+    read_dataset,
     read_dior,
     read_image_folder,
 )
@@ -571,6 +574,55 @@ def test_bad_dior_input(dior_root, mutate, kind, words, images_left, boxes_left)
 def test_dior_missing_split_lists_the_splits_there(dior_root):
     with pytest.raises(KLDetDataError, match=r"test.txt: split file not found \(splits there: trainval\)"):
         read_dior(dior_root, "test", strict=False)
+
+
+def test_find_dior_split_names_the_layout_and_the_splits_there(dior_root):
+    assert find_dior_split(dior_root, "trainval") == (
+        dior_root / "ImageSets" / "Main" / "trainval.txt",
+        dior_root,
+    )
+    with pytest.raises(KLDetConfigError) as raised:
+        find_dior_split(dior_root, "test")
+    message = str(raised.value)
+    assert f"DIOR split 'test' not found: expected {dior_root}/ImageSets/Main/test.txt" in message
+    assert "(splits there: trainval)" in message and f"{dior_root}/Annotations/*.xml" in message
+
+
+@pytest.mark.parametrize(
+    ("ann_name", "image_dir"),
+    [("val.json", "val"), ("instances_val.json", "val"), ("val.json", "images/val")],
+)
+def test_find_coco_split_knows_both_layouts(tmp_path, ann_name, image_dir):
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "annotations" / ann_name).write_text("{}")
+    (tmp_path / image_dir).mkdir(parents=True)
+    assert find_coco_split(tmp_path, "val") == (tmp_path / "annotations" / ann_name, tmp_path / image_dir)
+    with pytest.raises(KLDetConfigError, match=r"COCO split 'train' not found under .*instances_train.json"):
+        find_coco_split(tmp_path, "train")
+
+
+def test_read_dataset_dispatches_to_the_format_reader(coco_root, dior_root):
+    """One entry for the data module, kldet-data check and kldet-eval: the reader of each format."""
+    data = coco_dict()
+    data["categories"].append({"id": 9, "name": "tree"})  # a COCO class, not an AI-TOD one
+    ann_file = write_json(coco_root, data)
+    images = coco_root / "images"
+    for format, direct in (("aitod", read_aitod(ann_file, images)), ("coco", read_coco(ann_file, images))):
+        dataset = read_dataset(format, ann=ann_file, images=images)
+        assert dataset.classes == direct.classes and dataset.category_ids == direct.category_ids
+        assert [r.gt_boxes.tolist() for r in dataset.records] == [r.gt_boxes.tolist() for r in direct.records]
+    assert read_dataset("aitod", ann=ann_file, images=images).classes == list(AITOD_CLASSES)
+    assert read_dataset("coco", ann=ann_file, images=images).classes == [*AITOD_CLASSES, "tree"]
+    ignored = read_dataset("dior", dior_root, "trainval", difficult="ignore")
+    assert [r.gt_ignore.tolist() for r in ignored.records] == [
+        r.gt_ignore.tolist() for r in read_dior(dior_root, "trainval", difficult="ignore").records
+    ]
+    with pytest.raises(KLDetConfigError, match="format=coco needs ann=FILE images=DIR"):
+        read_dataset("coco", root=coco_root)
+    with pytest.raises(KLDetConfigError, match="format=dior needs root=DIR split=NAME"):
+        read_dataset("dior", ann=ann_file, images=images)
+    with pytest.raises(KLDetConfigError, match="format='yolo' is not one of aitod, dior, coco"):
+        read_dataset("yolo", coco_root, "train")
 
 
 def test_dior_non_numeric_stems_get_line_numbers(dior_root):

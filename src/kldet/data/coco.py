@@ -23,7 +23,7 @@ from kldet.data.records import (
     stack_boxes,
     warn_annotation_id_zero,
 )
-from kldet.errors import KLDetDataError
+from kldet.errors import KLDetConfigError, KLDetDataError
 
 
 def read_coco(
@@ -185,6 +185,26 @@ def read_coco(
             records.append(image)
     log.finish(strict)
     return log.detection_set(records, class_names, category_ids)
+
+
+def find_coco_split(root: str | Path, split: str) -> tuple[Path, Path]:
+    """``(annotation file, image folder)`` of ``split`` in a COCO root: ``root/annotations/<split>.json``
+    or ``root/annotations/instances_<split>.json``, and ``root/<split>/`` or ``root/images/<split>/``.
+
+    Raises:
+        KLDetConfigError: naming the expected layout, when either is missing.
+    """
+    root = Path(root)
+    names = [root / "annotations" / f"{split}.json", root / "annotations" / f"instances_{split}.json"]
+    dirs = [root / split, root / "images" / split]
+    ann_file = next((p for p in names if p.is_file()), None)
+    image_dir = next((p for p in dirs if p.is_dir()), None)
+    if ann_file is None or image_dir is None:
+        raise KLDetConfigError(
+            f"COCO split {split!r} not found under {root}: expected one of {', '.join(map(str, names))}\n"
+            f"and one of the image folders {', '.join(map(str, dirs))}"
+        )
+    return ann_file, image_dir
 
 
 def categories_of(ann_file: str | Path) -> tuple[list[str], list[int]]:

@@ -44,10 +44,11 @@ class KLDetDataModule(L.LightningDataModule):
     Args:
         format: ``"aitod"`` (COCO JSON, the 8 AI-TOD classes), ``"dior"`` (VOC layout, 20 classes)
             or ``"coco"`` (any COCO JSON; classes from its categories).
-        root: data set root. aitod: ``annotations/`` and image folders (see
-            :func:`kldet.data.find_aitod_split`); dior: ``Annotations/``, ``JPEGImages/``,
-            ``ImageSets/Main/``; coco: ``annotations/<split>.json`` or ``instances_<split>.json`` and
-            ``<split>/``.
+        root: data set root, where a split is found by name (:func:`kldet.data.locate_split`). aitod:
+            ``annotations/`` and image folders (:func:`kldet.data.find_aitod_split`); dior:
+            ``Annotations/``, ``JPEGImages/``, ``ImageSets/Main/`` (:func:`kldet.data.find_dior_split`);
+            coco: ``annotations/<split>.json`` or ``instances_<split>.json`` and ``<split>/``
+            (:func:`kldet.data.find_coco_split`).
         train_split, val_split, test_split: split names; None leaves that stage without data.
         train_ann, val_ann, test_ann, train_images, val_images, test_images: annotation file and
             image folder of a split, overriding what ``root`` and the split name give (aitod, coco).

@@ -65,7 +65,8 @@ class Record:
 
     Attributes:
         image_path: the image file.
-        width, height: image size in pixels, read from the image header.
+        width, height: image size in pixels, read from the image header (:func:`~kldet.data.read_coco`
+            without images: the declared size, 0 where the file has none).
         boxes: (G, 4) float32 ``xyxy`` training targets, clipped to the image.
         labels: (G,) int64 class indices ``0..C-1``.
         image_id: the data set's own image id (COCO ``id``; the numeric DIOR file stem).

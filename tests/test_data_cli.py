@@ -83,6 +83,7 @@ def test_check_dior_and_coco(tmp_path, capsys):
     assert main(["synth", f"out={tmp_path / 'c'}", "num_images=2", "seed=3", "image_size=128"]) == 0
     ann, images = tmp_path / "c" / "annotations" / "train.json", tmp_path / "c" / "train"
     assert main(["check", "format=coco", f"ann={ann}", f"images={images}"]) == 0
+    assert main(["check", "format=coco", f"root={tmp_path / 'c'}", "split=train"]) == 0
 
 
 @pytest.mark.parametrize(
@@ -93,6 +94,8 @@ def test_check_dior_and_coco(tmp_path, capsys):
         (["check", "format=dior", "root=/x"], 2, "format=dior needs root=DIR split=NAME"),
         (["check", "format=coco", "root=/x"], 2, "format=coco needs ann=FILE images=DIR"),
         (["check", "format=aitod", "root=/nowhere", "split=test"], 2, "expected /nowhere/annotations/"),
+        (["check", "format=coco", "root=/nowhere", "split=test"], 2, "COCO split 'test' not found under"),
+        (["check", "format=dior", "root=/nowhere", "split=test"], 2, "DIOR split 'test' not found"),
         (
             ["check", "format=aitod", "ann=/nowhere.json", "images=/"],
             1,

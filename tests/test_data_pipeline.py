@@ -23,6 +23,7 @@ from kldet.data import (
     load_image,
     read_aitod,
 )
+from kldet.data.dataset import padded_size
 from kldet.data.synthetic import generate
 from kldet.data.transforms import resized_size
 from kldet.datamodule import KLDetDataModule
@@ -164,6 +165,13 @@ def test_collate_pads_to_a_multiple_of_32():
     images, _ = collate([(torch.rand(3, 64, 96), {})])
     assert tuple(images.shape) == (1, 3, 64, 96)
     assert tuple(collate([(a, {})], size_divisor=1)[0].shape) == (1, 3, 50, 70)
+
+
+def test_padded_size_is_the_smallest_multiple_holding_every_image():
+    assert padded_size([(50, 70), (33, 100)]) == (64, 128)
+    assert padded_size([(64, 96)]) == (64, 96) and padded_size([(65, 1)]) == (96, 32)
+    assert padded_size([(50, 70)], size_divisor=1) == (50, 70)
+    assert padded_size([(50, 70)], size_divisor=7) == (56, 70)
 
 
 def test_workers_flip_independently(tmp_path):

@@ -16,14 +16,18 @@ from kldet.data import (
     AITOD_CLASSES,
     DIOR_CLASSES,
     find_aitod_split,
+    find_coco_split,
+    find_dior_split,
     read_aitod,
     read_coco,
+    read_dataset,
     read_dior,
     read_image_folder,
 )
 from kldet.data.aitod import aitod_annotation_names
 from kldet.data.records import ProblemLog, check_box
 from kldet.errors import KLDetConfigError, KLDetDataError
+from kldet.evaluation.coco_json import read_coco_ground_truth
 
 W, H = 64, 48
 
@@ -166,6 +170,22 @@ def _unknown_image(data, root):
     data["annotations"][0]["image_id"] = 99
 
 
+def _nan_bbox(data, root):
+    data["annotations"][0]["bbox"] = [10, 5, float("nan"), 3]  # json writes NaN, and reads it back
+
+
+def _infinite_area(data, root):
+    data["annotations"][0]["area"] = float("inf")
+
+
+def _bool_area(data, root):
+    data["annotations"][0]["area"] = True
+
+
+def _crowd_two(data, root):
+    data["annotations"][0]["iscrowd"] = 2
+
+
 # (mutation, kind, words the strict message must contain, images and annotations left when lenient)
 CASES = [
     (_missing, "missing_image", ["image id 9 (gone.png)", "gone.png not found"], 1, 2),
@@ -178,7 +198,12 @@ CASES = [
     (_zero_width, "invalid_box", ["annotation id 1", "bbox [10, 5, 0, 3] (xywh) has zero width"], 2, 1),
     (_negative_height, "invalid_box", ["annotation id 1", "has negative height"], 2, 1),
     (_outside, "box_outside_image", ["annotation id 1", "lies outside the 64x48 image"], 2, 1),
-    (_malformed_bbox, "malformed_annotation", ["annotation id 1", "is not [x, y, w, h]"], 2, 1),
+    (_malformed_bbox, "malformed_annotation", ["annotation id 1", "is not four finite numbers"], 2, 1),
+    # A COCO number is finite and not a bool (one rule for the data reader and kldet-eval).
+    (_nan_bbox, "malformed_annotation", ["annotation id 1", "[10, 5, nan, 3] is not four finite"], 2, 1),
+    (_infinite_area, "malformed_annotation", ["annotation id 1", "area inf is not a finite number"], 2, 1),
+    (_bool_area, "malformed_annotation", ["annotation id 1", "area True is not a finite number"], 2, 1),
+    (_crowd_two, "malformed_annotation", ["annotation id 1", "iscrowd 2 is not 0 or 1"], 2, 1),
     (_duplicate_annotation, "duplicate_id", ["image id 7 (a.png), annotation id 1", "occurs twice"], 2, 1),
     (_unknown_image, "unknown_image", ["annotation id 1", "image id 99"], 2, 1),
 ]
@@ -203,6 +228,52 @@ def test_bad_coco_input(coco_root, caplog, mutate, kind, words, images_left, box
     assert len(dataset.records) == images_left
     assert sum(len(r.boxes) for r in dataset.records) == boxes_left
     assert f"1 {kind}" in caplog.text and str(ann_file) in caplog.text
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        _duplicate_image,
+        _unknown_category,
+        _zero_width,
+        _negative_height,
+        _outside,
+        _malformed_bbox,
+        _duplicate_annotation,
+        _unknown_image,
+        _nan_bbox,
+        _infinite_area,
+        _crowd_two,
+    ],
+)
+def test_evaluation_ground_truth_gets_the_readers_message(coco_root, mutate):
+    """``kldet-eval results=`` reads its ground truth with the data reader's validation: one message."""
+    data = copy.deepcopy(coco_dict())
+    mutate(data, coco_root)
+    ann_file = write_json(coco_root, data)
+    with pytest.raises(KLDetDataError) as reader:
+        read_coco(ann_file, coco_root / "images")
+    with pytest.raises(KLDetDataError) as evaluation:
+        read_coco_ground_truth(ann_file)
+    assert str(evaluation.value) == str(reader.value)
+
+
+def test_evaluation_ground_truth_needs_no_images_nor_file_names(tmp_path):
+    data = coco_dict()
+    for image in data["images"]:
+        del image["file_name"]
+    ground_truth = read_coco_ground_truth(write_json(tmp_path, data))
+    assert ground_truth["images"] == [{"id": 7}, {"id": 9}]
+    assert [c["id"] for c in ground_truth["categories"]] == list(range(1, 9))
+    rows = [
+        (a["image_id"], a["category_id"], a["bbox"], a["area"], a["iscrowd"])
+        for a in ground_truth["annotations"]
+    ]
+    assert rows == [
+        (7, 6, [10, 5, 4, 3], 12, 0),
+        (7, 1, [30.5, 20, 20, 10], 200, 0),
+        (9, 4, [0, 0, 8, 8], 64, 1),
+    ]
 
 
 def test_strict_error_names_the_first_problem_and_counts_the_rest(coco_root):
@@ -503,6 +574,55 @@ def test_bad_dior_input(dior_root, mutate, kind, words, images_left, boxes_left)
 def test_dior_missing_split_lists_the_splits_there(dior_root):
     with pytest.raises(KLDetDataError, match=r"test.txt: split file not found \(splits there: trainval\)"):
         read_dior(dior_root, "test", strict=False)
+
+
+def test_find_dior_split_names_the_layout_and_the_splits_there(dior_root):
+    assert find_dior_split(dior_root, "trainval") == (
+        dior_root / "ImageSets" / "Main" / "trainval.txt",
+        dior_root,
+    )
+    with pytest.raises(KLDetConfigError) as raised:
+        find_dior_split(dior_root, "test")
+    message = str(raised.value)
+    assert f"DIOR split 'test' not found: expected {dior_root}/ImageSets/Main/test.txt" in message
+    assert "(splits there: trainval)" in message and f"{dior_root}/Annotations/*.xml" in message
+
+
+@pytest.mark.parametrize(
+    ("ann_name", "image_dir"),
+    [("val.json", "val"), ("instances_val.json", "val"), ("val.json", "images/val")],
+)
+def test_find_coco_split_knows_both_layouts(tmp_path, ann_name, image_dir):
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "annotations" / ann_name).write_text("{}")
+    (tmp_path / image_dir).mkdir(parents=True)
+    assert find_coco_split(tmp_path, "val") == (tmp_path / "annotations" / ann_name, tmp_path / image_dir)
+    with pytest.raises(KLDetConfigError, match=r"COCO split 'train' not found under .*instances_train.json"):
+        find_coco_split(tmp_path, "train")
+
+
+def test_read_dataset_dispatches_to_the_format_reader(coco_root, dior_root):
+    """One entry for the data module, kldet-data check and kldet-eval: the reader of each format."""
+    data = coco_dict()
+    data["categories"].append({"id": 9, "name": "tree"})  # a COCO class, not an AI-TOD one
+    ann_file = write_json(coco_root, data)
+    images = coco_root / "images"
+    for format, direct in (("aitod", read_aitod(ann_file, images)), ("coco", read_coco(ann_file, images))):
+        dataset = read_dataset(format, ann=ann_file, images=images)
+        assert dataset.classes == direct.classes and dataset.category_ids == direct.category_ids
+        assert [r.gt_boxes.tolist() for r in dataset.records] == [r.gt_boxes.tolist() for r in direct.records]
+    assert read_dataset("aitod", ann=ann_file, images=images).classes == list(AITOD_CLASSES)
+    assert read_dataset("coco", ann=ann_file, images=images).classes == [*AITOD_CLASSES, "tree"]
+    ignored = read_dataset("dior", dior_root, "trainval", difficult="ignore")
+    assert [r.gt_ignore.tolist() for r in ignored.records] == [
+        r.gt_ignore.tolist() for r in read_dior(dior_root, "trainval", difficult="ignore").records
+    ]
+    with pytest.raises(KLDetConfigError, match="format=coco needs ann=FILE images=DIR"):
+        read_dataset("coco", root=coco_root)
+    with pytest.raises(KLDetConfigError, match="format=dior needs root=DIR split=NAME"):
+        read_dataset("dior", ann=ann_file, images=images)
+    with pytest.raises(KLDetConfigError, match="format='yolo' is not one of aitod, dior, coco"):
+        read_dataset("yolo", coco_root, "train")
 
 
 def test_dior_non_numeric_stems_get_line_numbers(dior_root):

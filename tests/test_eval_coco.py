@@ -442,7 +442,7 @@ def test_cli_empty_results_score_zero(tmp_path):
         ("res_broken", [], "not valid JSON"),
         ("res_unknown_image", [], "image id.*424242"),
         ("res_bad_box", [], "detection 2: 'bbox' must be four finite numbers"),
-        ("ann_bad_image", [], "annotation 1: image id 31337 is not in 'images'"),
+        ("ann_bad_image", [], "annotation id 2: refers to image id 31337, which the file does not list"),
         (None, ["colour=red"], "Key 'colour' not in 'EvaluateConfig'"),
         (None, ["metric"], "expected key=value arguments"),
         (None, ["metric=map"], "unknown metric 'map'"),

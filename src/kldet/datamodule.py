@@ -16,15 +16,14 @@ from torch.utils.data import DataLoader
 from kldet.data import (
     AITOD_CLASSES,
     DIOR_CLASSES,
+    FORMATS,
     DetectionDataset,
     DetectionSet,
     DetectionTransform,
     Record,
     collate,
-    find_aitod_split,
-    read_aitod,
-    read_coco,
-    read_dior,
+    locate_split,
+    read_dataset,
     read_image_folder,
 )
 from kldet.data.coco import categories_of
@@ -34,7 +33,6 @@ from kldet.model.normalization import InputNormalization
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("aitod", "dior", "coco")
 STAGES = ("train", "val", "test")
 
 
@@ -46,10 +44,11 @@ class KLDetDataModule(L.LightningDataModule):
     Args:
         format: ``"aitod"`` (COCO JSON, the 8 AI-TOD classes), ``"dior"`` (VOC layout, 20 classes)
             or ``"coco"`` (any COCO JSON; classes from its categories).
-        root: data set root. aitod: ``annotations/`` and image folders (see
-            :func:`kldet.data.find_aitod_split`); dior: ``Annotations/``, ``JPEGImages/``,
-            ``ImageSets/Main/``; coco: ``annotations/<split>.json`` or ``instances_<split>.json`` and
-            ``<split>/``.
+        root: data set root, where a split is found by name (:func:`kldet.data.locate_split`). aitod:
+            ``annotations/`` and image folders (:func:`kldet.data.find_aitod_split`); dior:
+            ``Annotations/``, ``JPEGImages/``, ``ImageSets/Main/`` (:func:`kldet.data.find_dior_split`);
+            coco: ``annotations/<split>.json`` or ``instances_<split>.json`` and ``<split>/``
+            (:func:`kldet.data.find_coco_split`).
         train_split, val_split, test_split: split names; None leaves that stage without data.
         train_ann, val_ann, test_ann, train_images, val_images, test_images: annotation file and
             image folder of a split, overriding what ``root`` and the split name give (aitod, coco).
@@ -228,51 +227,35 @@ class KLDetDataModule(L.LightningDataModule):
         return self.ann_files[stage], self.image_dirs[stage]
 
     def locate(self, stage: str) -> tuple[Path, Path]:
-        """``(annotation file, image folder)`` of ``stage`` for aitod and coco; ``(split file, root)`` for dior.
+        """``(annotation file, image folder)`` of ``stage`` for aitod and coco; ``(split file, root)`` for dior
+        (:func:`kldet.data.locate_split` of the given files, ``root`` and the split name).
 
         Raises:
             KLDetConfigError: saying where the files are expected and which keys to set.
         """
-        split = self.splits[stage]
-        ann, images = self.given_files(stage)
-        keys = f"set root= (the data set folder), or {stage}_ann= and {stage}_images="
-        if self.format == "dior":
-            if self.root is None or split is None:
-                raise KLDetConfigError(
-                    f"DIOR {stage} data: set root= (the folder with Annotations/, JPEGImages/ and "
-                    f"ImageSets/Main/) and {stage}_split="
-                )
-            split_file = self.root / "ImageSets" / "Main" / f"{split}.txt"
-            if not split_file.is_file():
-                raise KLDetConfigError(
-                    f"DIOR {stage} split {split!r} not found: expected {split_file}\n"
-                    f"layout: {self.root}/Annotations/*.xml, {self.root}/JPEGImages/*.jpg, "
-                    f"{self.root}/ImageSets/Main/{split}.txt\nset root= or {stage}_split="
-                )
-            return split_file, self.root
-        if ann is not None and images is not None:
-            return Path(ann), Path(images)
-        if self.root is None or split is None:
-            raise KLDetConfigError(f"{self.format} {stage} data: no annotation file and image folder; {keys}")
-        if self.format == "aitod":
-            try:
-                found = find_aitod_split(self.root, split)
-            except KLDetConfigError as error:
-                raise KLDetConfigError(f"{error}\n({keys})") from None
-        else:
-            found = _find_coco_split(self.root, split, keys)
-        return Path(ann) if ann is not None else found[0], Path(images) if images is not None else found[1]
+        try:
+            return locate_split(self.format, self.root, self.splits[stage], *self.given_files(stage))
+        except KLDetConfigError as error:
+            keys = (
+                f"set root= (the folder with Annotations/, JPEGImages/ and ImageSets/Main/) and {stage}_split="
+                if self.format == "dior"
+                else f"set root= (the data set folder), or {stage}_ann= and {stage}_images="
+            )
+            raise KLDetConfigError(f"{self.format} {stage} data: {error}\n({keys})") from None
 
     def read_split(self, stage: str) -> DetectionSet:
         """Reads and validates ``stage``'s split (strict unless ``lenient``)."""
-        options = {"strict": not self.lenient, "decode": self.decode_check}
-        if self.format == "dior":
-            self.locate(stage)
-            return read_dior(self.root, self.splits[stage], difficult=self.difficult, **options)
-        ann_file, image_dir = self.locate(stage)
-        if self.format == "aitod":
-            return read_aitod(ann_file, image_dir, **options)
-        return read_coco(ann_file, image_dir, classes=self.classes, **options)
+        self.locate(stage)  # the configuration error that names this stage's keys
+        return read_dataset(
+            self.format,
+            self.root,
+            self.splits[stage],
+            *self.given_files(stage),
+            classes=self.classes if self.format == "coco" else None,
+            difficult=self.difficult,
+            strict=not self.lenient,
+            decode=self.decode_check,
+        )
 
     def checked(self, stage: str, dataset: DetectionSet) -> DetectionSet:
         """``dataset`` if it can serve ``stage``: at least one image, and for training at least one object
@@ -344,17 +327,3 @@ class KLDetDataModule(L.LightningDataModule):
             pin_memory=self.pin_memory,
             collate_fn=partial(collate, size_divisor=self.size_divisor),
         )
-
-
-def _find_coco_split(root: Path, split: str, keys: str) -> tuple[Path, Path]:
-    """``root/annotations/{split,instances_<split>}.json`` and ``root/{split,images/<split>}/``."""
-    names = [root / "annotations" / f"{split}.json", root / "annotations" / f"instances_{split}.json"]
-    dirs = [root / split, root / "images" / split]
-    ann_file = next((p for p in names if p.is_file()), None)
-    image_dir = next((p for p in dirs if p.is_dir()), None)
-    if ann_file is None or image_dir is None:
-        raise KLDetConfigError(
-            f"COCO split {split!r} not found under {root}: expected one of {', '.join(map(str, names))}\n"
-            f"and one of the image folders {', '.join(map(str, dirs))}\n({keys})"
-        )
-    return ann_file, image_dir

@@ -3,7 +3,7 @@
 kldet-data synth out=DIR num_images=N seed=S [image_size=512] [format=aitod|dior] [val_fraction=0.2]
 kldet-data check format=aitod ann=FILE images=DIR      (or format=aitod root=DIR split=NAME)
 kldet-data check format=dior root=DIR split=NAME
-kldet-data check format=coco ann=FILE images=DIR
+kldet-data check format=coco ann=FILE images=DIR       (or format=coco root=DIR split=NAME)
     check reads image headers only; add decode=true to decode every image as training does and find
     truncated or corrupt files (kldet-train: data.decode_check=true; data.lenient=true skips bad images)
 """
@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kldet.cli.dotlist import option, parse_dotlist
-from kldet.data import find_aitod_split, read_aitod, read_coco, read_dior
+from kldet.data import read_dataset
 from kldet.data.records import PROBLEM_KINDS, DetectionSet
 from kldet.data.stats import SIZE_BIN_EDGES, SIZE_BINS, summarize
 from kldet.errors import KLDetConfigError, KLDetError
@@ -55,13 +55,13 @@ class SynthConfig:
 
 @dataclass
 class CheckConfig:
-    """``kldet-data check``: ``ann`` + ``images`` (aitod, coco) or ``root`` + ``split`` (aitod, dior)."""
+    """``kldet-data check``: ``ann`` + ``images`` (aitod, coco) or ``root`` + ``split`` (any format)."""
 
     format: DataFormat = option(DataFormat.aitod, "aitod, dior or coco")
     ann: str | None = option(None, "annotation file (aitod, coco)")
     images: str | None = option(None, "image folder (aitod, coco)")
-    root: str | None = option(None, "data set root (aitod, dior)")
-    split: str | None = option(None, "split name under root (aitod, dior)")
+    root: str | None = option(None, "data set root (aitod, dior, coco)")
+    split: str | None = option(None, "split name under root (aitod, dior, coco)")
     decode: bool = option(
         False, "decode every image as training does, to find truncated or corrupt files (slower)"
     )
@@ -122,21 +122,17 @@ def _synth(config: SynthConfig, console: Console) -> int:
 
 
 def _check(config: CheckConfig, console: Console) -> int:
-    options = {"strict": False, "decode": config.decode, "progress": True}
-    if config.format is DataFormat.dior:
-        if config.root is None or config.split is None:
-            raise KLDetConfigError("format=dior needs root=DIR split=NAME")
-        dataset = read_dior(config.root, config.split, difficult=config.difficult, **options)
-    elif config.ann is not None and config.images is not None:
-        reader = read_aitod if config.format is DataFormat.aitod else read_coco
-        dataset = reader(config.ann, config.images, **options)
-    elif config.format is DataFormat.aitod and config.root is not None and config.split is not None:
-        dataset = read_aitod(*find_aitod_split(config.root, config.split), **options)
-    else:
-        raise KLDetConfigError(
-            f"format={config.format.value} needs ann=FILE images=DIR"
-            + " (or root=DIR split=NAME)" * (config.format is DataFormat.aitod)
-        )
+    dataset = read_dataset(
+        config.format.value,
+        config.root,
+        config.split,
+        config.ann,
+        config.images,
+        difficult=config.difficult,
+        strict=False,
+        decode=config.decode,
+        progress=True,
+    )
     _print_summary(dataset, console)
     return 1 if dataset.problems else 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,17 +16,19 @@ from kldet.data.records import (
     Record,
     check_box,
     check_image,
+    is_int,
+    is_number,
     normalize_class_name,
     read_json,
     stack_boxes,
     warn_annotation_id_zero,
 )
-from kldet.errors import KLDetDataError
+from kldet.errors import KLDetConfigError, KLDetDataError
 
 
 def read_coco(
     ann_file: str | Path,
-    image_dir: str | Path,
+    image_dir: str | Path | None,
     strict: bool = True,
     classes: Sequence[str] | None = None,
     decode: bool = False,
@@ -44,7 +47,9 @@ def read_coco(
 
     Args:
         ann_file: COCO JSON with ``images``, ``annotations`` and ``categories``.
-        image_dir: folder the images' ``file_name`` is relative to.
+        image_dir: folder the images' ``file_name`` is relative to. None reads the file alone, for
+            evaluation (``kldet-eval results=``): no image is opened, ``file_name`` may be missing, and
+            boxes are checked against the declared ``width`` and ``height`` where the file has them.
         strict: raise :class:`~kldet.errors.KLDetDataError` on the first problem (after checking
             everything); otherwise skip bad images and annotations and log a count.
         classes: fixed class order, matched to category names case-, hyphen- and space-insensitively;
@@ -54,7 +59,7 @@ def read_coco(
     Returns:
         :class:`DetectionSet` with records in the file's image order.
     """
-    ann_file, image_dir = Path(ann_file), Path(image_dir)
+    ann_file, image_dir = Path(ann_file), None if image_dir is None else Path(image_dir)
     data = _load(ann_file)
     log = ProblemLog(ann_file)
     class_names, category_ids, label_of, category_names = _categories(data["categories"], ann_file, classes)
@@ -66,10 +71,12 @@ def read_coco(
     ):
         image_id = entry.get("id") if isinstance(entry, dict) else None
         file_name = entry.get("file_name") if isinstance(entry, dict) else None
-        if not _is_int(image_id) or not isinstance(file_name, str):
+        if image_dir is None and file_name is None:  # evaluation reads no image file
+            file_name = ""
+        if not is_int(image_id) or not isinstance(file_name, str):
             message = "needs an integer id and a file_name"
             log.add("malformed_record", ann_file, f"images[{index}]", message, "image")
-            if _is_int(image_id):  # its annotations go with it, without a problem each
+            if is_int(image_id):  # its annotations go with it, without a problem each
                 images[image_id] = None
             continue
         record = f"image id {image_id} ({file_name})"
@@ -82,7 +89,10 @@ def read_coco(
             images[image_id] = None
             continue
         declared = (entry.get("width"), entry.get("height"))
-        declared = tuple(int(v) for v in declared) if all(_is_number(v) for v in declared) else None
+        declared = tuple(int(v) for v in declared) if all(is_number(v) for v in declared) else None
+        if image_dir is None:  # boxes are checked against the declared size, if any
+            images[image_id] = Record(file_name, *(declared or (0, 0)), image_id=image_id)
+            continue
         size = check_image(log, ann_file, record, image_dir / file_name, declared, decode)
         images[image_id] = None if size is None else Record(image_dir / file_name, *size, image_id=image_id)
 
@@ -110,13 +120,27 @@ def read_coco(
                 continue
             annotation_ids.add(annotation_id)
         bbox, area = annotation.get("bbox"), annotation.get("area")
-        if not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
+        if not isinstance(bbox, list) or len(bbox) != 4 or not all(is_number(v) for v in bbox):
             log.add(
-                "malformed_annotation", ann_file, record, f"bbox {bbox!r} is not [x, y, w, h]", "annotation"
+                "malformed_annotation",
+                ann_file,
+                record,
+                f"bbox {bbox!r} is not four finite numbers [x, y, w, h]",
+                "annotation",
             )
             continue
-        if area is not None and not _is_number(area):
-            log.add("malformed_annotation", ann_file, record, f"area {area!r} is not a number", "annotation")
+        if area is not None and not is_number(area):
+            log.add(
+                "malformed_annotation",
+                ann_file,
+                record,
+                f"area {area!r} is not a finite number",
+                "annotation",
+            )
+            continue
+        if annotation.get("iscrowd", 0) not in (0, 1):
+            message = f"iscrowd {annotation['iscrowd']!r} is not 0 or 1"
+            log.add("malformed_annotation", ann_file, record, message, "annotation")
             continue
         category_id = annotation.get("category_id")
         if category_id not in label_of:
@@ -131,7 +155,8 @@ def read_coco(
             continue
         x, y, w, h = (float(v) for v in bbox)
         written = f"bbox {bbox} (xywh)"
-        box = check_box(log, ann_file, record, (x, y, x + w, y + h), image.width, image.height, written)
+        bounds = (image.width or math.inf, image.height or math.inf)  # 0: no declared size
+        box = check_box(log, ann_file, record, (x, y, x + w, y + h), *bounds, written)
         if box is None:
             continue
         area = w * h if area is None else float(area)
@@ -160,6 +185,26 @@ def read_coco(
             records.append(image)
     log.finish(strict)
     return log.detection_set(records, class_names, category_ids)
+
+
+def find_coco_split(root: str | Path, split: str) -> tuple[Path, Path]:
+    """``(annotation file, image folder)`` of ``split`` in a COCO root: ``root/annotations/<split>.json``
+    or ``root/annotations/instances_<split>.json``, and ``root/<split>/`` or ``root/images/<split>/``.
+
+    Raises:
+        KLDetConfigError: naming the expected layout, when either is missing.
+    """
+    root = Path(root)
+    names = [root / "annotations" / f"{split}.json", root / "annotations" / f"instances_{split}.json"]
+    dirs = [root / split, root / "images" / split]
+    ann_file = next((p for p in names if p.is_file()), None)
+    image_dir = next((p for p in dirs if p.is_dir()), None)
+    if ann_file is None or image_dir is None:
+        raise KLDetConfigError(
+            f"COCO split {split!r} not found under {root}: expected one of {', '.join(map(str, names))}\n"
+            f"and one of the image folders {', '.join(map(str, dirs))}"
+        )
+    return ann_file, image_dir
 
 
 def categories_of(ann_file: str | Path) -> tuple[list[str], list[int]]:
@@ -230,7 +275,7 @@ def _categories(categories: list, path: Path, classes: Sequence[str] | None):
     """``(class names, category id of each class, label of each known category id, name of every category id)``."""
     names = {}
     for index, category in enumerate(categories):
-        if not isinstance(category, dict) or not _is_int(category.get("id")) or "name" not in category:
+        if not isinstance(category, dict) or not is_int(category.get("id")) or "name" not in category:
             raise KLDetDataError(f"{path}: categories[{index}] needs an integer id and a name")
         if category["id"] in names:
             raise KLDetDataError(f"{path}: category id {category['id']} occurs twice")
@@ -246,11 +291,3 @@ def _categories(categories: list, path: Path, classes: Sequence[str] | None):
     for category_id, label in label_of.items():
         category_ids[label] = category_id
     return list(classes), category_ids, label_of, names
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -125,6 +125,13 @@ class DetectionDataset(Dataset):
             self.transform.reseed(seed % 2**32)
 
 
+def padded_size(sizes: Sequence[tuple[int, int]], size_divisor: int = 32) -> tuple[int, int]:
+    """``(H, W)``: the smallest multiples of ``size_divisor`` that hold every ``(h_i, w_i)`` of ``sizes``."""
+    height = math.ceil(max(h for h, _ in sizes) / size_divisor) * size_divisor
+    width = math.ceil(max(w for _, w in sizes) / size_divisor) * size_divisor
+    return height, width
+
+
 def collate(batch: Sequence[tuple[Tensor, dict]], size_divisor: int = 32) -> tuple[Tensor, list[dict]]:
     """Stacks images zero-padded at the bottom and right to a common size divisible by ``size_divisor``.
 
@@ -132,12 +139,11 @@ def collate(batch: Sequence[tuple[Tensor, dict]], size_divisor: int = 32) -> tup
         batch: ``(image (3, h_i, w_i), target)`` pairs from :class:`DetectionDataset`.
 
     Returns:
-        images (B, 3, Hp, Wp) with Hp, Wp the smallest multiples of ``size_divisor`` that hold
-        every image, and the targets as a list.
+        images (B, 3, Hp, Wp) with ``(Hp, Wp)`` the :func:`padded_size` of the images, and the targets
+        as a list.
     """
     images = [image for image, _ in batch]
-    height = math.ceil(max(image.shape[1] for image in images) / size_divisor) * size_divisor
-    width = math.ceil(max(image.shape[2] for image in images) / size_divisor) * size_divisor
+    height, width = padded_size([tuple(image.shape[1:]) for image in images], size_divisor)
     padded = images[0].new_zeros((len(images), images[0].shape[0], height, width))
     for i, image in enumerate(images):
         padded[i, :, : image.shape[1], : image.shape[2]].copy_(image)

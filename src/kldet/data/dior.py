@@ -185,6 +185,22 @@ def read_voc(
     return log.detection_set(records, classes, range(1, len(classes) + 1))
 
 
+def find_dior_split(root: str | Path, split: str) -> tuple[Path, Path]:
+    """``(split file, root)`` of ``split`` in a DIOR / Pascal VOC root: ``root/ImageSets/Main/<split>.txt``.
+
+    Raises:
+        KLDetConfigError: naming the expected layout and the splits there, when the split file is missing.
+    """
+    root = Path(root)
+    split_file = root / "ImageSets" / "Main" / f"{split}.txt"
+    if not split_file.is_file():
+        raise KLDetConfigError(
+            f"DIOR split {split!r} not found: expected {split_file} ({_splits_there(split_file.parent)})\n"
+            f"layout: {root}/Annotations/*.xml, {root}/JPEGImages/*.jpg, {root}/ImageSets/Main/{split}.txt"
+        )
+    return split_file, root
+
+
 def write_voc_xml(path: str | Path, record: Record, classes: Sequence[str]) -> None:
     """Writes ``record`` as a VOC XML file (``pose``, ``truncated``, ``difficult`` tags as DIOR has them).
 
@@ -217,13 +233,18 @@ def _read_split(split_file: Path) -> list[str]:
     try:
         text = split_file.read_text()
     except (FileNotFoundError, NotADirectoryError):
-        folder = split_file.parent
-        found = sorted(p.stem for p in folder.glob("*.txt")) if folder.is_dir() else []
-        available = f"splits there: {', '.join(found)}" if found else f"{folder} holds no split files"
-        raise KLDetDataError(f"{split_file}: split file not found ({available})") from None
+        raise KLDetDataError(
+            f"{split_file}: split file not found ({_splits_there(split_file.parent)})"
+        ) from None
     except (OSError, UnicodeDecodeError) as error:
         raise KLDetDataError(f"{split_file}: cannot read split file ({error})") from None
     return [line.split()[0] for line in text.splitlines() if line.strip()]
+
+
+def _splits_there(folder: Path) -> str:
+    """``"splits there: a, b"``: the split files in ``folder``, for a message about a missing one."""
+    found = sorted(p.stem for p in folder.glob("*.txt")) if folder.is_dir() else []
+    return f"splits there: {', '.join(found)}" if found else f"{folder} holds no split files"
 
 
 def _find(root: Path, folders: Sequence[str], names: Sequence[str]) -> Path:

@@ -14,12 +14,14 @@ Box policy (the same for every format):
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import logging
 import math
 import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,7 +65,8 @@ class Record:
 
     Attributes:
         image_path: the image file.
-        width, height: image size in pixels, read from the image header.
+        width, height: image size in pixels, read from the image header (:func:`~kldet.data.read_coco`
+            without images: the declared size, 0 where the file has none).
         boxes: (G, 4) float32 ``xyxy`` training targets, clipped to the image.
         labels: (G,) int64 class indices ``0..C-1``.
         image_id: the data set's own image id (COCO ``id``; the numeric DIOR file stem).
@@ -299,12 +302,40 @@ def warn_annotation_id_zero(path: Path) -> None:
     )
 
 
+def is_int(value) -> bool:
+    """Whether a parsed JSON value is an integer (``true``/``false`` are not)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value) -> bool:
+    """Whether a parsed JSON value is a finite number: an int or float, not a bool, NaN or +-Infinity
+    (which Python's ``json`` reads although JSON has no such numbers)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pauses Python's cyclic garbage collector.
+
+    Building millions of annotation dicts sets it off again and again, each pass scanning every dict
+    made so far (quadratic); none of them can be in a reference cycle.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def read_json(path: str | Path, what: str = "annotation"):
     """The parsed JSON file ``path`` (a ``what`` file: "annotation", "results", ...); a missing, unreadable
-    or broken file is one :class:`KLDetDataError` naming it."""
+    or broken file is one :class:`KLDetDataError` naming it. Garbage collection is paused while parsing
+    (annotation and results files hold millions of small dicts)."""
     path = Path(path)
     try:
-        with path.open("rb") as f:
+        with path.open("rb") as f, gc_paused():
             return json.load(f)
     except (FileNotFoundError, NotADirectoryError):
         raise KLDetDataError(f"{path}: {what} file not found") from None

@@ -9,10 +9,8 @@ The AI-TOD protocol adds the optimal LRP (:mod:`kldet.evaluation.lrp`) on the ma
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -21,6 +19,7 @@ import torch
 from faster_coco_eval import COCO, COCOeval_faster
 from torchvision.ops import box_convert
 
+from kldet.data.records import gc_paused
 from kldet.errors import KLDetDataError
 from kldet.evaluation.inputs import EvaluationSet
 from kldet.evaluation.lrp import LRP_KEYS, OptimalLRP, optimal_lrp
@@ -101,22 +100,6 @@ class CocoDetections(NamedTuple):
     boxes: np.ndarray
     scores: np.ndarray
     file_names: list[str] | None = None
-
-
-@contextlib.contextmanager
-def gc_paused() -> Iterator[None]:
-    """Pauses Python's cyclic garbage collector.
-
-    Building millions of annotation dicts sets it off again and again, each pass scanning every dict
-    made so far (quadratic); none of them can be in a reference cycle.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def configure_params(params, protocol: CocoProtocol) -> None:

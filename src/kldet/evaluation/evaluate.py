@@ -73,9 +73,9 @@ def _voc_inputs(
     detections: CocoDetections, root: str | Path, split: str, difficult: str, source: str
 ) -> tuple[EvaluationSet, list[str]]:
     # Only this path reads images' annotations; the data package pulls in albumentations and OpenCV.
-    from kldet.data import read_dior
+    from kldet.data import read_dataset
 
-    dataset = read_dior(root, split, difficult=difficult)
+    dataset = read_dataset("dior", root, split, difficult=difficult)
     records = dataset.records
     record_ids = [r.image_id for r in records]
     if detections.file_names is not None:

@@ -12,13 +12,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from kldet.cli.train import CONFIG_DIR, main
+from training import kldet_train
 
 EXPERIMENTS = sorted(path.stem for path in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
-
-
-def kldet_train(monkeypatch, *argv: str) -> None:
-    monkeypatch.setattr(sys, "argv", ["kldet-train", *argv])
-    main()
 
 
 @functools.cache

@@ -10,6 +10,7 @@ import torch
 from pycocotools.coco import COCO
 from torchvision.ops import box_iou
 
+from helpers import seeded_detector
 from kldet.checkpoint import load_detector, save_detector
 from kldet.cli.predict import main as predict_main
 from kldet.data import IMAGENET_MEAN, IMAGENET_STD
@@ -37,10 +38,7 @@ MEAN, STD = (120.0, 110.0, 100.0), (60.0, 50.0, 40.0)
 
 
 def tiny_model(**changes) -> KLDet:
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "random weights"
-        return KLDet(**{**TINY, **changes}).eval()
+    return seeded_detector({**TINY, **changes})
 
 
 @pytest.fixture(scope="module")

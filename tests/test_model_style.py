@@ -2,7 +2,6 @@
 implies, from the data module through the checkpoint to the predictor and the export sidecar."""
 
 import json
-import warnings
 
 import cv2
 import numpy as np
@@ -10,6 +9,7 @@ import pytest
 import torch
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from helpers import seeded_detector
 from kldet.checkpoint import load_detector, save_detector
 from kldet.cli.evaluate import checkpoint_config
 from kldet.cli.export import main as export_main
@@ -233,10 +233,7 @@ TINY_CAFFE = {
 
 @pytest.fixture(scope="module")
 def caffe_checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        model = KLDet(**TINY_CAFFE).eval()
+    model = seeded_detector(TINY_CAFFE)
     preprocess = {**input_normalization("caffe").as_preprocess(), "size_divisor": 32, "max_size": 800}
     path = tmp_path_factory.mktemp("caffe") / "caffe.ckpt"
     return save_detector(path, model, TINY_CAFFE, ["a", "b"], preprocess=preprocess)

@@ -25,7 +25,7 @@ from kldet.cli.train import CONFIG_DIR, build_datamodule, build_module, build_tr
 from kldet.cli.validate import validate_config
 from kldet.datamodule import KLDetDataModule
 from kldet.errors import KLDetConfigError, KLDetDataError
-from test_train import TINY, TINY_DATA, Probe, kldet_train, quiet_single_thread, tiny_config  # noqa: F401
+from training import TINY, Probe, kldet_train, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 # The tiny model and trainer of TINY on data=coco (no synthetic set).
@@ -33,10 +33,7 @@ COCO_TINY = [item for item in TINY if not item.startswith("synthetic.")] + ["syn
 # Run cheaply: one batch per stage.
 SHORT = ["trainer.max_epochs=1", "trainer.check_val_every_n_epoch=1", "trainer.limit_train_batches=1"]
 
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("data")
+pytestmark = pytest.mark.usefixtures("quiet_single_thread")
 
 
 @pytest.fixture(scope="module")

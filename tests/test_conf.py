@@ -152,7 +152,7 @@ def test_sweep_config_is_a_multirun():
 )
 def test_unknown_keys_are_errors(monkeypatch, capsys, override):
     with pytest.raises(SystemExit) as exit_info:
-        kldet_train(monkeypatch, "experiment=synthetic", override, "--cfg", "job")
+        kldet_train(monkeypatch, "--cfg", "job", "experiment=synthetic", override)
     assert exit_info.value.code == 1
     assert "not in struct" in capsys.readouterr().err
 

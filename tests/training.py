@@ -46,11 +46,11 @@ def tiny_config(data_dir, output_dir, *overrides) -> DictConfig:
 
 
 def kldet_train(monkeypatch, *argv):
-    """``kldet-train *argv`` in-process (its exit status is a ``SystemExit``); ``argv`` may end in flags
-    such as ``--cfg job``."""
+    """``kldet-train *argv`` in-process (its exit status is a ``SystemExit``); flags such as ``-m`` or
+    ``--cfg job`` go before the overrides, as on the command line."""
     # Hydra's logging setup would keep handlers on pytest's per-test captured streams.
     logging = ["hydra/job_logging=none", "hydra/hydra_logging=none"]
-    monkeypatch.setattr(sys, "argv", ["kldet-train", *logging, *argv])
+    monkeypatch.setattr(sys, "argv", ["kldet-train", *argv, *logging])
     return main()
 
 

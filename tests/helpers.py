@@ -39,6 +39,15 @@ def seeded_detector(model_kwargs: dict[str, Any], seed: int = 0) -> KLDet:
         return KLDet(**model_kwargs).eval()
 
 
+def store_preprocess(checkpoint: Path, preprocess: dict[str, Any] | None) -> Path:
+    """Replace a checkpoint's ``hyper_parameters["preprocess"]`` by ``preprocess`` verbatim, as older kldet
+    versions wrote it (``save_detector`` would complete it)."""
+    content = torch.load(checkpoint, weights_only=True)
+    content["hyper_parameters"]["preprocess"] = preprocess
+    torch.save(content, checkpoint)
+    return checkpoint
+
+
 def write_dior(
     root: Path,
     images: dict[str, list[tuple[str, tuple, int]]],

@@ -308,6 +308,22 @@ def test_resume_from_a_weights_only_file(monkeypatch, capsys, tmp_path, data_dir
     assert "holds weights but no training state" in line
 
 
+def test_save_detector_stores_the_preprocessing_of_a_training_checkpoint(tmp_path, trained):
+    """A model converted with save_detector and only the training max_size reads back as kldet-train wrote it."""
+    trained_file = trained / "checkpoints" / "last.ckpt"
+    model, meta = load_detector(trained_file)
+    written = torch.load(trained_file, weights_only=True)["hyper_parameters"]["preprocess"]
+    saved = save_detector(
+        tmp_path / "m.ckpt",
+        model,
+        meta["model"],
+        meta["classes"],
+        preprocess={"max_size": written["max_size"]},
+    )
+    assert torch.load(saved, weights_only=True)["hyper_parameters"]["preprocess"] == written
+    assert set(written) == {"channel_order", "mean", "std", "size_divisor", "max_size", "resize"}
+
+
 # --- empty data ---------------------------------------------------------------------------------------
 
 

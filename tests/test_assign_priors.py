@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from kldet.assign import (
-    STRIDE_TO_LEVEL,
     THEORETICAL_RECEPTIVE_FIELD,
     feature_sizes,
     points_and_strides,
@@ -56,9 +55,8 @@ def test_prior_sides_are_a_fraction_of_the_theoretical_receptive_field():
     torch.testing.assert_close(box_xyxy_to_cxcywh(quarter)[:, 2], cxcywh[:, 2] / 2)
 
 
-def test_level_tables():
+def test_theoretical_receptive_field_table():
     assert THEORETICAL_RECEPTIVE_FIELD == {4: 35, 8: 91, 16: 267, 32: 427, 64: 555, 128: 811}
-    assert STRIDE_TO_LEVEL[4] == 2 and STRIDE_TO_LEVEL[128] == 7
 
 
 def test_unknown_stride_is_a_clear_error():

@@ -12,13 +12,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from kldet.cli.train import CONFIG_DIR, main
+from training import kldet_train
 
 EXPERIMENTS = sorted(path.stem for path in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
-
-
-def kldet_train(monkeypatch, *argv: str) -> None:
-    monkeypatch.setattr(sys, "argv", ["kldet-train", *argv])
-    main()
 
 
 @functools.cache
@@ -156,7 +152,7 @@ def test_sweep_config_is_a_multirun():
 )
 def test_unknown_keys_are_errors(monkeypatch, capsys, override):
     with pytest.raises(SystemExit) as exit_info:
-        kldet_train(monkeypatch, "experiment=synthetic", override, "--cfg", "job")
+        kldet_train(monkeypatch, "--cfg", "job", "experiment=synthetic", override)
     assert exit_info.value.code == 1
     assert "not in struct" in capsys.readouterr().err
 

@@ -199,7 +199,7 @@ def test_kldet_train_on_a_truncated_image_strict_stops_lenient_skips_and_counts(
     monkeypatch, capsys, caplog, tmp_path
 ):
     from kldet.cli.train import prepare_synthetic, train
-    from test_train import TINY, kldet_train, tiny_config
+    from training import TINY, kldet_train, tiny_config
 
     run = [*TINY, f"paths.data_dir={tmp_path}", "trainer.max_epochs=1", "test=false"]
     cfg = tiny_config(tmp_path, tmp_path / "lenient", *run[len(TINY) + 1 :], "data.lenient=true")

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import cv2
 import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from helpers import SYNTHETIC_SIZE
 from kldet.data import (
     AITOD_CLASSES,
     DIOR_CLASSES,
@@ -28,15 +27,6 @@ from kldet.data.synthetic import generate
 from kldet.data.transforms import resized_size
 from kldet.datamodule import KLDetDataModule
 from kldet.errors import KLDetConfigError, KLDetDataError
-
-SIZE = 192
-
-
-@pytest.fixture(scope="module")
-def synthetic_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("synthetic")
-    generate(root, 6, seed=3, image_size=SIZE, val_fraction=0.34)
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +53,7 @@ def test_horizontal_flip_keeps_boxes_on_the_objects(busiest):
     flipped = pixels(image)
     np.testing.assert_allclose(flipped, original[:, ::-1], atol=1e-3)
     x1, y1, x2, y2 = busiest.boxes.T
-    expected = np.stack([SIZE - x2, y1, SIZE - x1, y2], axis=1)
+    expected = np.stack([SYNTHETIC_SIZE - x2, y1, SYNTHETIC_SIZE - x1, y2], axis=1)
     np.testing.assert_allclose(target["boxes"].numpy(), expected, atol=1e-3)
     assert target["labels"].tolist() == busiest.labels.tolist()
     moved = np.round(target["boxes"].numpy()).astype(int).tolist()
@@ -76,7 +66,9 @@ def test_vertical_flip(busiest):
     np.testing.assert_allclose(pixels(image), load_image(busiest.image_path)[::-1], atol=1e-3)
     x1, y1, x2, y2 = busiest.boxes.T
     np.testing.assert_allclose(
-        target["boxes"].numpy(), np.stack([x1, SIZE - y2, x2, SIZE - y1], axis=1), atol=1e-3
+        target["boxes"].numpy(),
+        np.stack([x1, SYNTHETIC_SIZE - y2, x2, SYNTHETIC_SIZE - y1], axis=1),
+        atol=1e-3,
     )
 
 
@@ -99,12 +91,19 @@ def test_rotate90_moves_boxes_with_the_image(busiest):
 
 
 def test_resize_scales_boxes_and_reports_the_scale(busiest):
-    image, target = DetectionDataset([busiest], DetectionTransform(max_size=2 * SIZE))[0]
-    resized = cv2.resize(load_image(busiest.image_path), (2 * SIZE, 2 * SIZE), interpolation=cv2.INTER_LINEAR)
+    image, target = DetectionDataset([busiest], DetectionTransform(max_size=2 * SYNTHETIC_SIZE))[0]
+    resized = cv2.resize(
+        load_image(busiest.image_path),
+        (2 * SYNTHETIC_SIZE, 2 * SYNTHETIC_SIZE),
+        interpolation=cv2.INTER_LINEAR,
+    )
     np.testing.assert_allclose(pixels(image), resized, atol=1e-3)
     np.testing.assert_allclose(target["boxes"].numpy(), busiest.boxes * 2, atol=1e-3)
     assert target["scale"] == (2.0, 2.0)
-    assert target["size"] == (2 * SIZE, 2 * SIZE) and target["orig_size"] == (SIZE, SIZE)
+    assert target["size"] == (2 * SYNTHETIC_SIZE, 2 * SYNTHETIC_SIZE) and target["orig_size"] == (
+        SYNTHETIC_SIZE,
+        SYNTHETIC_SIZE,
+    )
     # the record's own annotations stay in original pixels, for evaluation
     np.testing.assert_array_equal(target["gt_boxes"].numpy(), busiest.boxes)
     assert target["gt_labels"].tolist() == busiest.labels.tolist()
@@ -225,7 +224,7 @@ def test_datamodule_on_the_synthetic_set(synthetic_root):
     data.setup("fit")
     images, targets = next(iter(data.train_dataloader()))
     assert tuple(images.shape) == (2, 3, 256, 256)
-    assert all(t["scale"] == (256 / SIZE, 256 / SIZE) for t in targets)
+    assert all(t["scale"] == (256 / SYNTHETIC_SIZE, 256 / SYNTHETIC_SIZE) for t in targets)
     val = list(data.val_dataloader())
     assert sum(len(t) for _, t in val) == len(data.ground_truth("val").records) == 2
     assert data.annotation_file("val") == synthetic_root / "annotations" / "val.json"
@@ -241,7 +240,9 @@ def test_datamodule_reads_a_coco_layout_and_an_image_folder(synthetic_root):
     assert len(data.ground_truth("val").records) == 2
     data = KLDetDataModule(predict_images=str(synthetic_root / "val"), num_workers=0, max_size=None)
     images, targets = next(iter(data.predict_dataloader()))
-    assert tuple(images.shape) == (2, 3, SIZE, SIZE) and [t["image_id"] for t in targets] == [1, 2]
+    assert tuple(images.shape) == (2, 3, SYNTHETIC_SIZE, SYNTHETIC_SIZE) and [
+        t["image_id"] for t in targets
+    ] == [1, 2]
 
 
 def test_datamodule_reads_dior(tmp_path):

@@ -17,6 +17,7 @@ import torch
 from pycocotools.coco import COCO as PyCOCO
 from pycocotools.cocoeval import COCOeval as PyCOCOeval
 
+from helpers import write_dior
 from kldet.cli.evaluate import main as kldet_eval
 from kldet.data import DetectionDataset, read_coco
 from kldet.datamodule import KLDetDataModule
@@ -259,23 +260,6 @@ def test_annotation_id_zero_warns_and_is_counted(tmp_path):
 
 
 # --- DIOR ------------------------------------------------------------------------------------------------
-
-
-def write_dior(root: Path, images: dict[str, list[tuple[str, tuple, int]]]) -> None:
-    """A DIOR-layout split ``trainval`` and ``test`` (the same images); objects (class, xyxy as written, difficult)."""
-    for folder in ("Annotations", "JPEGImages", "ImageSets/Main"):
-        (root / folder).mkdir(parents=True, exist_ok=True)
-    for stem, objects in images.items():
-        cv2.imwrite(str(root / "JPEGImages" / f"{stem}.jpg"), np.full((64, 64, 3), 90, np.uint8))
-        xml = "".join(
-            f"<object><name>{name}</name><difficult>{difficult}</difficult><bndbox><xmin>{x1}</xmin>"
-            f"<ymin>{y1}</ymin><xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>"
-            for name, (x1, y1, x2, y2), difficult in objects
-        )
-        size = "<size><width>64</width><height>64</height><depth>3</depth></size>"
-        (root / "Annotations" / f"{stem}.xml").write_text(f"<annotation>{size}{xml}</annotation>")
-    for split in ("trainval", "test"):
-        (root / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(images) + "\n")
 
 
 def test_dior_data_module_reads_as_the_authors_and_filters_empty_training_images(tmp_path):

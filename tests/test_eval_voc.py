@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
+from helpers import write_dior
 from kldet.cli.evaluate import main as kldet_eval
 from kldet.errors import KLDetDataError
 from kldet.evaluation import DetectionMetric, EvaluationSet, evaluate_results_file, evaluate_voc
@@ -191,32 +191,17 @@ def test_voc_metric_merged_halves_equal_direct_evaluation():
     assert first.compute() == pytest.approx(expected, abs=1e-12)
 
 
-def _write_dior(root, images):
-    """A DIOR-layout split ``test`` with numeric stems; objects are (class name, xyxy, difficult)."""
-    for folder in ("Annotations", "JPEGImages", "ImageSets/Main"):
-        (root / folder).mkdir(parents=True)
-    for stem, objects in images.items():
-        Image.new("RGB", (64, 64)).save(root / "JPEGImages" / f"{stem}.jpg")
-        xml = "".join(
-            f"<object><name>{name}</name><difficult>{difficult}</difficult><bndbox><xmin>{x1}</xmin>"
-            f"<ymin>{y1}</ymin><xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>"
-            for name, (x1, y1, x2, y2), difficult in objects
-        )
-        size = "<size><width>64</width><height>64</height><depth>3</depth></size>"
-        (root / "Annotations" / f"{stem}.xml").write_text(f"<annotation>{size}{xml}</annotation>")
-    (root / "ImageSets" / "Main" / "test.txt").write_text("\n".join(images) + "\n")
-
-
 def test_cli_voc_on_a_dior_split(tmp_path, capsys):
     root = tmp_path / "DIOR"
     # vehicle (category 19): two objects in 00001, one difficult in 00002; ship (14): one in 00002.
     # The XML is 1-based: the boxes are read less 1, so (2, 2, 12, 12) is [1, 1, 10, 10] in xywh.
-    _write_dior(
+    write_dior(
         root,
         {
             "00001": [("vehicle", (2, 2, 12, 12), 0), ("vehicle", (30, 30, 40, 40), 0)],
             "00002": [("vehicle", (2, 2, 12, 12), 1), ("ship", (20, 20, 50, 40), 0)],
         },
+        splits=("test",),
     )
     results = [
         {"image_id": 1, "category_id": 19, "bbox": [1, 1, 10, 10], "score": 0.9},  # TP
@@ -255,12 +240,13 @@ def test_cli_voc_matches_results_by_file_name(tmp_path):
     """kldet-predict numbers the images it was given (1, 2, ...) and writes each one's file_name; the
     VOC evaluation must match by file name, not by those ids."""
     root = tmp_path / "DIOR"
-    _write_dior(
+    write_dior(
         root,
         {
             "11726": [("vehicle", (2, 2, 12, 12), 0)],
             "11727": [("ship", (20, 20, 50, 40), 0)],
         },
+        splits=("test",),
     )
     results = [
         # Right boxes for the image each file name names: AP 1 for both classes, whatever the ids say.

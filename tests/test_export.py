@@ -1,16 +1,16 @@
 """kldet-export and kldet.inference.export: the exported forward matches the eager model."""
 
 import json
-import warnings
 
 import pytest
 import torch
 
+from helpers import seeded_detector
 from kldet.checkpoint import load_detector, save_detector
 from kldet.cli.export import main as export_main
 from kldet.errors import KLDetConfigError
 from kldet.inference.export import export_model, output_names, split_outputs
-from kldet.model import KLDet, postprocess_detections
+from kldet.model import postprocess_detections
 
 TINY = {
     "num_classes": 3,
@@ -27,10 +27,7 @@ SHAPES = [(1, 3, 96, 128), (3, 3, 160, 96)]
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "random weights"
-        return KLDet(**TINY).eval()
+    return seeded_detector(TINY)
 
 
 def eager_outputs(model, images):

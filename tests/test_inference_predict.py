@@ -2,6 +2,7 @@
 
 import json
 import logging
+import re
 import warnings
 
 import numpy as np
@@ -10,6 +11,7 @@ import torch
 from pycocotools.coco import COCO
 from torchvision.ops import box_iou
 
+from helpers import seeded_detector, store_preprocess
 from kldet.checkpoint import load_detector, save_detector
 from kldet.cli.predict import main as predict_main
 from kldet.data import IMAGENET_MEAN, IMAGENET_STD
@@ -37,10 +39,7 @@ MEAN, STD = (120.0, 110.0, 100.0), (60.0, 50.0, 40.0)
 
 
 def tiny_model(**changes) -> KLDet:
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "random weights"
-        return KLDet(**{**TINY, **changes}).eval()
+    return seeded_detector({**TINY, **changes})
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +96,39 @@ def test_checkpoint_overrides_and_default_category_ids(tmp_path):
     assert "candidates" not in TINY and model.postprocess_options["candidates"] == "points"
     predictor = Predictor.from_checkpoint(tmp_path / "m.ckpt", candidates="pairs")
     assert predictor.model.postprocess_options["candidates"] == "pairs"
+
+
+def test_save_detector_writes_every_preprocess_key_training_writes(tmp_path):
+    saved = save_detector(tmp_path / "m.ckpt", tiny_model(), TINY, CLASSES, preprocess={"max_size": 512})
+    # Hand-filled: pytorch style (RGB, ImageNet), padding to 32, and what max_size 512 means.
+    assert torch.load(saved, weights_only=True)["hyper_parameters"]["preprocess"] == {
+        "channel_order": "RGB",
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+        "size_divisor": 32,
+        "max_size": 512,
+        "resize": "longer_side",
+    }
+    given = {
+        "channel_order": "BGR",
+        "mean": [1, 2, 3],
+        "std": [4, 5, 6],
+        "size_divisor": 64,
+        "max_size": None,
+    }
+    saved = save_detector(tmp_path / "n.ckpt", tiny_model(), TINY, CLASSES, preprocess=given)
+    stored = torch.load(saved, weights_only=True)["hyper_parameters"]["preprocess"]
+    assert stored == {**given, "mean": [1.0, 2.0, 3.0], "std": [4.0, 5.0, 6.0], "resize": "none"}
+    for preprocess, words in [
+        ({"mean": [1, 2, 3]}, "no 'max_size'"),
+        ({"max_size": 800, "scale": 2}, "unknown keys ['scale']"),
+        ({"max_size": 800, "channel_order": "RBG"}, "channel_order='RBG'"),
+    ]:
+        with pytest.raises(
+            KLDetError, match=re.escape(f"save_detector {tmp_path / 'bad.ckpt'}: preprocess")
+        ) as error:
+            save_detector(tmp_path / "bad.ckpt", tiny_model(), TINY, CLASSES, preprocess=preprocess)
+        assert words in str(error.value) and not (tmp_path / "bad.ckpt").exists()
 
 
 def test_bad_checkpoints_are_one_clear_error(tmp_path):
@@ -381,7 +413,9 @@ def test_training_scale_is_recorded_and_resize_train_needs_it(tmp_path):
             module = KLDetModule(model, CLASSES, preprocess={"mean": list(MEAN), "max_size": max_size})
             assert module.hparams["preprocess"] == {"mean": list(MEAN), **policy}
     # A checkpoint from before "resize" existed: its max_size meant the same resize.
-    old = save_detector(tmp_path / "old.ckpt", tiny_model(), TINY, CLASSES, preprocess={"max_size": 512})
+    old = store_preprocess(
+        save_detector(tmp_path / "old.ckpt", tiny_model(), TINY, CLASSES), {"max_size": 512}
+    )
     assert Predictor.from_checkpoint(old).train_resize == {"resize": "longer_side", "max_size": 512}
     bare = save_detector(tmp_path / "bare.ckpt", tiny_model(), TINY, CLASSES)
     with pytest.raises(KLDetConfigError, match="resize=train: the checkpoint does not record"):

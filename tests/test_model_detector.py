@@ -4,9 +4,9 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
+from helpers import tiny_detector
 from kldet.assign import receptive_field_priors
 from kldet.errors import KLDetDataError
-from kldet.model import KLDet
 from kldet.model import detector as detector_module
 
 pytestmark = pytest.mark.filterwarnings("ignore:resnet.* backbone starts from random weights")
@@ -15,8 +15,8 @@ IMAGENET_MEAN = torch.tensor([123.675, 116.28, 103.53])[:, None, None]
 IMAGENET_STD = torch.tensor([58.395, 57.12, 57.375])[:, None, None]
 
 
-def small_detector(**options) -> KLDet:
-    return KLDet(2, **{"backbone": "resnet18", "channels": 64, "head_convs": 2, **options})
+# The width these tests were tuned at (the overfitting test among them), wider than tiny_detector's default.
+SMALL = {"channels": 64, "head_convs": 2}
 
 
 def random_tiny_boxes(count: int, size: int, generator: torch.Generator) -> torch.Tensor:
@@ -31,7 +31,7 @@ def random_tiny_boxes(count: int, size: int, generator: torch.Generator) -> torc
 def test_loss_is_finite_for_0_1_and_3000_objects(assigner, num_objects):
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(num_objects)
-    model = small_detector(assigner=assigner)
+    model = tiny_detector(**SMALL, assigner=assigner)
     images = torch.randn(2, 3, 192, 160)
     targets = [
         {
@@ -50,7 +50,7 @@ def test_loss_is_finite_for_0_1_and_3000_objects(assigner, num_objects):
 
 
 def test_loss_for_a_batch_without_objects_has_only_classification():
-    model = small_detector()
+    model = tiny_detector(**SMALL)
     empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}
     losses = model.loss(torch.randn(1, 3, 64, 64), [empty])
     assert losses["loss_cls"] > 0
@@ -58,7 +58,7 @@ def test_loss_for_a_batch_without_objects_has_only_classification():
 
 
 def test_loss_rejects_mismatched_targets():
-    model = small_detector()
+    model = tiny_detector(**SMALL)
     with pytest.raises(KLDetDataError, match="2 images but 1 targets"):
         model.loss(torch.randn(2, 3, 64, 64), [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0)}])
     with pytest.raises(KLDetDataError, match=r"target 0 has boxes \(1, 4\) and labels \(2,\)"):
@@ -76,7 +76,7 @@ def test_priors_are_computed_once_per_image_shape_and_never_modified(monkeypatch
 
     monkeypatch.setattr(detector_module, "receptive_field_priors", counting_priors)
     detector_module._points_and_priors.cache_clear()
-    model = small_detector()
+    model = tiny_detector(**SMALL)
     targets = [{"boxes": torch.tensor([[10.0, 10.0, 18.0, 17.0]]), "labels": torch.tensor([0])}] * 3
     for _ in range(2):
         model.loss(torch.randn(3, 3, 96, 128), targets)
@@ -88,7 +88,7 @@ def test_priors_are_computed_once_per_image_shape_and_never_modified(monkeypatch
 
 def test_predict_respects_limits_sizes_and_scale_factors():
     torch.manual_seed(0)
-    model = small_detector(score_thresh=0.0, pre_nms_topk=50, max_detections=7, nms_thresh=0.9).eval()
+    model = tiny_detector(**SMALL, score_thresh=0.0, pre_nms_topk=50, max_detections=7, nms_thresh=0.9).eval()
     images = torch.randn(2, 3, 96, 96)
     sizes, scales = [(90, 70), (96, 96)], [(0.5, 0.25), (1.0, 1.0)]
     resized = model.predict(images, image_sizes=sizes)
@@ -101,7 +101,7 @@ def test_predict_respects_limits_sizes_and_scale_factors():
         assert (boxes >= 0).all() and (boxes[:, [0, 2]] <= w).all() and (boxes[:, [1, 3]] <= h).all()
         torch.testing.assert_close(back["boxes"], boxes / torch.tensor([sx, sy, sx, sy]))
         torch.testing.assert_close(back["scores"], result["scores"])
-    strict = small_detector(score_thresh=0.5).eval()
+    strict = tiny_detector(**SMALL, score_thresh=0.5).eval()
     strict.load_state_dict(model.state_dict())
     assert all(len(result["boxes"]) == 0 for result in strict.predict(images))
 
@@ -125,7 +125,7 @@ def test_tiny_model_overfits_one_image_with_tiny_objects(assigner):
     image, boxes, labels = synthetic_tiny_objects()
     # GroupNorm keeps a random-weight head stable under Adam; without it some seeds kill the ReLU'd
     # regression (all distances 0) before the boxes are learnt.
-    model = small_detector(assigner=assigner, frozen_stages=-1, head_norm="GN")
+    model = tiny_detector(**SMALL, assigner=assigner, frozen_stages=-1, head_norm="GN")
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=1e-4)
     targets = [{"boxes": boxes, "labels": labels}]

@@ -11,17 +11,13 @@ from torch import nn
 from torchvision.ops import box_iou
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from helpers import tiny_detector
 from kldet.errors import KLDetConfigError, KLDetDataError
 from kldet.model import FCOSHead, KLDet, ResNetFPN, TaskLevelAttention, decode_boxes, fcos_losses
 from kldet.model import losses as losses_module
 from kldet.model.postprocess import postprocess_detections
 
 pytestmark = pytest.mark.filterwarnings("ignore:resnet.* backbone starts from random weights")
-
-
-def tiny_detector(**options) -> KLDet:
-    """Cheapest KLDet: shapes do not depend on the channels or the number of head convs."""
-    return KLDet(2, **{"backbone": "resnet18", "channels": 32, "head_convs": 1, **options})
 
 
 # ---------------------------------------------------------------- backbone and pyramid shapes

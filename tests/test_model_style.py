@@ -2,7 +2,6 @@
 implies, from the data module through the checkpoint to the predictor and the export sidecar."""
 
 import json
-import warnings
 
 import cv2
 import numpy as np
@@ -10,6 +9,7 @@ import pytest
 import torch
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from helpers import seeded_detector, store_preprocess
 from kldet.checkpoint import load_detector, save_detector
 from kldet.cli.evaluate import checkpoint_config
 from kldet.cli.export import main as export_main
@@ -233,10 +233,7 @@ TINY_CAFFE = {
 
 @pytest.fixture(scope="module")
 def caffe_checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        model = KLDet(**TINY_CAFFE).eval()
+    model = seeded_detector(TINY_CAFFE)
     preprocess = {**input_normalization("caffe").as_preprocess(), "size_divisor": 32, "max_size": 800}
     path = tmp_path_factory.mktemp("caffe") / "caffe.ckpt"
     return save_detector(path, model, TINY_CAFFE, ["a", "b"], preprocess=preprocess)
@@ -260,8 +257,9 @@ def test_checkpoints_without_channel_order_read_as_their_style(tmp_path, caffe_c
     torch.manual_seed(0)
     tiny = {"num_classes": 1, "backbone": "resnet18", "channels": 8, "head_convs": 1}
     # Written before channel_order existed: pytorch style, mean/std only -> RGB with those values.
-    old = save_detector(
-        tmp_path / "old.ckpt", KLDet(**tiny), tiny, ["a"], preprocess={"mean": [1, 2, 3], "std": [4, 5, 6]}
+    old = store_preprocess(
+        save_detector(tmp_path / "old.ckpt", KLDet(**tiny), tiny, ["a"]),
+        {"mean": [1, 2, 3], "std": [4, 5, 6]},
     )
     _, meta = load_detector(old)
     assert (meta["preprocess"]["channel_order"], meta["preprocess"]["mean"]) == ("RGB", [1.0, 2.0, 3.0])
@@ -276,7 +274,7 @@ def test_export_sidecar_states_the_channel_order(tmp_path):
     # The stored normalisation is what inference repeats; a small network keeps the export fast.
     torch.manual_seed(0)
     tiny = {"num_classes": 1, "backbone": "resnet18", "channels": 8, "head_convs": 1}
-    preprocess = input_normalization("caffe").as_preprocess()
+    preprocess = {**input_normalization("caffe").as_preprocess(), "max_size": None}
     checkpoint = save_detector(tmp_path / "bgr.ckpt", KLDet(**tiny), tiny, ["a"], preprocess=preprocess)
     out = tmp_path / "m.ts"
     assert export_main([f"ckpt={checkpoint}", "format=torchscript", f"out={out}", "image_size=96"]) == 0

@@ -1,79 +1,21 @@
 """kldet-train end to end on a tiny synthetic set: fast_dev_run, checkpoints, resume, the non-finite loss
 guard, lr scaling, a multirun sweep and the missing-data message."""
 
-import copy
 import json
 import re
-import sys
-import warnings
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from lightning.pytorch import Callback
 from omegaconf import open_dict
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from kldet.cli.evaluate import main as kldet_eval
-from kldet.cli.train import CONFIG_DIR, build_datamodule, build_module, build_trainer, main, train
+from kldet.cli.train import build_datamodule, build_module, build_trainer, train
 from kldet.lit import NonFiniteLossError, lr_factor
 from kldet.model import KLDet
+from training import TINY, TINY_DATA, Probe, kldet_train, tiny_config
 
-# 6 images of 128x128 (5 train with 7 objects, 1 val with 3: seed 3), resized to 64 px, and a detector
-# with 32 channels: seconds per run on a CPU.
-TINY_DATA = ["synthetic.num_images=6", "synthetic.image_size=128", "synthetic.seed=3"]
-TINY = [
-    "experiment=synthetic",
-    *TINY_DATA,
-    "data.max_size=64",
-    "data.batch_size=2",
-    "data.num_workers=0",
-    "model.channels=32",
-    "model.head_convs=1",
-    "model.head_norm=null",
-    "logger=csv",
-    "trainer.enable_progress_bar=false",
-    "callbacks.model_summary.max_depth=0",
-]
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("data")
-
-
-@pytest.fixture(autouse=True)
-def quiet_single_thread():
-    # One intra-op thread: these models are tiny, and two threads spin against each other on a busy CPU.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore", message=".*(random weights|does not have many workers|too few|Total length).*"
-        )
-        yield
-    torch.set_num_threads(threads)
-
-
-def tiny_config(data_dir, output_dir, *overrides):
-    """The synthetic experiment shrunk, with the run folder at ``output_dir`` (no Hydra run needed)."""
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=[*TINY, *overrides])
-    with open_dict(cfg):
-        cfg.paths = {
-            "data_dir": str(data_dir),
-            "output_dir": str(output_dir),
-            "root_dir": ".",
-            "log_dir": ".",
-        }
-    return cfg
-
-
-def kldet_train(monkeypatch, *argv):
-    # Hydra's logging setup would keep handlers on pytest's per-test captured streams.
-    logging = ["hydra/job_logging=none", "hydra/hydra_logging=none"]
-    monkeypatch.setattr(sys, "argv", ["kldet-train", *argv, *logging])
-    return main()
+pytestmark = pytest.mark.usefixtures("quiet_single_thread")
 
 
 def test_fast_dev_run_of_the_synthetic_experiment(monkeypatch, capsys, tmp_path, data_dir):
@@ -93,18 +35,6 @@ def test_fast_dev_run_of_the_synthetic_experiment(monkeypatch, capsys, tmp_path,
         metrics
     )
     assert re.search(r"\|\s*AP\s*\|\s*AP50\s*\|", capsys.readouterr().out)
-
-
-class Probe(Callback):
-    """What the trainer holds when training (re)starts, after any checkpoint was restored."""
-
-    def on_train_start(self, trainer, pl_module):
-        self.global_step = trainer.global_step
-        self.epoch = trainer.current_epoch
-        # Copies: training goes on to update the momentum buffers in place.
-        self.optimizer = copy.deepcopy(trainer.optimizers[0].state_dict())
-        self.scheduler = copy.deepcopy(trainer.lr_scheduler_configs[0].scheduler.state_dict())
-        self.lrs = {group["name"]: group["lr"] for group in trainer.optimizers[0].param_groups}
 
 
 def test_checkpoints_and_resume_restore_step_optimiser_and_schedule(tmp_path, data_dir):

@@ -25,7 +25,7 @@ from kldet.cli.train import CONFIG_DIR, build_datamodule, build_module, build_tr
 from kldet.cli.validate import validate_config
 from kldet.datamodule import KLDetDataModule
 from kldet.errors import KLDetConfigError, KLDetDataError
-from test_train import TINY, TINY_DATA, Probe, kldet_train, quiet_single_thread, tiny_config  # noqa: F401
+from training import TINY, Probe, kldet_train, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 # The tiny model and trainer of TINY on data=coco (no synthetic set).
@@ -33,10 +33,7 @@ COCO_TINY = [item for item in TINY if not item.startswith("synthetic.")] + ["syn
 # Run cheaply: one batch per stage.
 SHORT = ["trainer.max_epochs=1", "trainer.check_val_every_n_epoch=1", "trainer.limit_train_batches=1"]
 
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("data")
+pytestmark = pytest.mark.usefixtures("quiet_single_thread")
 
 
 @pytest.fixture(scope="module")
@@ -349,6 +346,22 @@ def test_resume_from_a_weights_only_file(monkeypatch, capsys, tmp_path, data_dir
     weights = save_detector(tmp_path / "weights.ckpt", model, meta["model"], meta["classes"])
     line = resume_fails(monkeypatch, capsys, tmp_path, data_dir, weights)
     assert "holds weights but no training state" in line
+
+
+def test_save_detector_stores_the_preprocessing_of_a_training_checkpoint(tmp_path, trained):
+    """A model converted with save_detector and only the training max_size reads back as kldet-train wrote it."""
+    trained_file = trained / "checkpoints" / "last.ckpt"
+    model, meta = load_detector(trained_file)
+    written = torch.load(trained_file, weights_only=True)["hyper_parameters"]["preprocess"]
+    saved = save_detector(
+        tmp_path / "m.ckpt",
+        model,
+        meta["model"],
+        meta["classes"],
+        preprocess={"max_size": written["max_size"]},
+    )
+    assert torch.load(saved, weights_only=True)["hyper_parameters"]["preprocess"] == written
+    assert set(written) == {"channel_order", "mean", "std", "size_divisor", "max_size", "resize"}
 
 
 # --- empty data ---------------------------------------------------------------------------------------

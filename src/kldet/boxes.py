@@ -1,12 +1,13 @@
-"""Box formats, Bbox2Gaussian and the distances between box Gaussians (KLD, NWD).
+"""Box formats, Bbox2Gaussian, the KL divergence between box Gaussians (KLD) and element-wise IoU.
 
 Boxes are float ``xyxy`` tensors in pixels. A box with centre (cx, cy), width w and height h is the
 Gaussian N(mu, Sigma) with mu = (cx, cy) and Sigma = diag(w^2 / 4, h^2 / 4) (KLDET_SPEC.md section 3).
 Widths and heights get ``SIZE_EPS`` before use so that degenerate boxes stay finite.
 
-Pairwise functions take ``a`` (N, 4) and ``b`` (G, 4) and return (G, N); the ``*_aligned`` variants take
-two (N, 4) tensors and return (N,). Both run the same element-wise code, so a pairwise value and the
-aligned value of the same pair are bit-identical (the fast Ali-TSM assigner relies on that).
+Pairwise functions take priors (N, 4) and ground truths (G, 4) and return (G, N). ``kld`` is
+:func:`gaussian_kl` on :func:`box_centers_and_sizes` broadcast to all pairs, so ``gaussian_kl`` on the
+centres and sizes of chosen pairs gives their pairwise values bit for bit, as ``box_iou_aligned`` does for
+``torchvision.ops.box_iou`` (the sparse Ali-TSM engine relies on both).
 """
 
 import torch
@@ -14,7 +15,6 @@ from torch import Tensor
 from torchvision.ops import box_convert
 
 SIZE_EPS = 1e-6
-NWD_CONSTANT = 12.8
 
 
 def box_xyxy_to_cxcywh(boxes: Tensor) -> Tensor:
@@ -74,36 +74,9 @@ def kld(priors: Tensor, gts: Tensor) -> Tensor:
     return gaussian_kl(*p, *g)
 
 
-def kld_aligned(a: Tensor, b: Tensor) -> Tensor:
-    """Element-wise KL(N_a || N_b) for (N, 4) and (N, 4) xyxy boxes -> (N,)."""
-    return gaussian_kl(*box_centers_and_sizes(a), *box_centers_and_sizes(b))
-
-
 def kld_similarity(priors: Tensor, gts: Tensor) -> Tensor:
     """Pairwise 1 / (1 + KL(N_prior || N_gt)): priors (N, 4), gts (G, 4) -> (G, N) in (0, 1]."""
     return 1 / (1 + kld(priors, gts))
-
-
-def _wasserstein_similarity(a: tuple[Tensor, ...], b: tuple[Tensor, ...], constant: float) -> Tensor:
-    a_cx, a_cy, a_w, a_h = a
-    b_cx, b_cy, b_w, b_h = b
-    # Squared 2-Wasserstein distance of two diagonal Gaussians with std w/2 and h/2.
-    dist2 = (a_cx - b_cx) ** 2 + (a_cy - b_cy) ** 2 + ((a_w - b_w) / 2) ** 2 + ((a_h - b_h) / 2) ** 2
-    return torch.exp(-torch.sqrt(dist2) / constant)
-
-
-def nwd(a: Tensor, b: Tensor, constant: float = NWD_CONSTANT) -> Tensor:
-    """Pairwise normalized Wasserstein distance similarity exp(-W2 / constant): a (N, 4), b (G, 4) -> (G, N).
-
-    ``constant`` is the data set's typical object size (12.8 px for AI-TOD, as in the NWD paper).
-    """
-    bb = [t[:, None] for t in box_centers_and_sizes(b)]
-    return _wasserstein_similarity(box_centers_and_sizes(a), bb, constant)
-
-
-def nwd_aligned(a: Tensor, b: Tensor, constant: float = NWD_CONSTANT) -> Tensor:
-    """Element-wise normalized Wasserstein distance similarity of (N, 4) and (N, 4) boxes -> (N,)."""
-    return _wasserstein_similarity(box_centers_and_sizes(a), box_centers_and_sizes(b), constant)
 
 
 def box_iou_aligned(a: Tensor, b: Tensor) -> Tensor:

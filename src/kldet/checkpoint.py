@@ -4,7 +4,7 @@ A checkpoint written by :class:`kldet.lit.KLDetModule` is a ``torch.save`` dict 
 ``hyper_parameters`` hold plain dicts: ``model`` (the :class:`kldet.model.KLDet` keyword arguments,
 ``num_classes`` included), ``classes`` (names), ``category_ids`` (the data set's own ids, for result files;
 None means 1..C) and ``preprocess`` (``channel_order`` "RGB" or "BGR", ``mean``, ``std``, ``size_divisor``,
-``max_size``); ``state_dict`` keys are ``"model."`` + the KLDet state dict keys. The input normalisation
+``max_size``, ``resize``: :func:`kldet.data.transforms.resize_policy`); ``state_dict`` keys are ``"model."`` + the KLDet state dict keys. The input normalisation
 (``channel_order``, ``mean``, ``std``) follows the model's backbone ``style`` (see
 :mod:`kldet.model.normalization`); where a checkpoint lacks one of them, the style's value is used, so
 checkpoints written before ``channel_order`` existed (all pytorch style) read as RGB.
@@ -19,11 +19,16 @@ from typing import Any
 
 import torch
 
+from kldet.data.transforms import recorded_resize_policy
 from kldet.errors import KLDetError
 from kldet.model import InputNormalization, KLDet
 
 STATE_PREFIX = "model."
 REQUIRED_HYPER_PARAMETERS = ("model", "classes")
+#: The ``hyper_parameters["preprocess"]`` keys kldet-train writes (see the module docstring).
+PREPROCESS_KEYS = ("channel_order", "mean", "std", "size_divisor", "max_size", "resize")
+#: Images are padded to a multiple of this (:func:`kldet.data.collate`).
+DEFAULT_SIZE_DIVISOR = 32
 
 
 def load_detector(
@@ -134,13 +139,34 @@ def save_detector(
     category_ids: list[int] | None = None,
     preprocess: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``model`` as a checkpoint that :func:`load_detector` (and kldet-predict/-export) read.
+    """Write ``model`` as a checkpoint that :func:`load_detector` (and kldet-eval/-predict/-export) read.
 
-    The layout is the weights-only part of a Lightning checkpoint of :class:`kldet.lit.KLDetModule`, for a
-    KLDet trained or converted outside Lightning; ``model_kwargs`` must rebuild ``model`` (``num_classes``
-    included).
+    The layout is the weights-only part of a kldet-train checkpoint (:class:`kldet.lit.KLDetModule`), for a
+    KLDet trained or converted outside Lightning; it cannot resume training.
+
+    Args:
+        path: the ``.ckpt`` file to write (missing parent folders are made).
+        model: the detector; its ``state_dict`` is stored under ``"model."`` + its keys.
+        model_kwargs: the KLDet keyword arguments that rebuild ``model``, ``num_classes`` included.
+        classes: class names, index = 0-based label.
+        category_ids: the data set's own id of each class, for result files (None: 1..C).
+        preprocess: how the model's input images were made, with the keys of :data:`PREPROCESS_KEYS`:
+            ``max_size`` (required: the longer side images were resized to, None for native pixels),
+            ``resize`` (default: what ``max_size`` means, :func:`kldet.data.transforms.resize_policy`),
+            ``size_divisor`` (default 32), ``channel_order``, ``mean`` and ``std`` (default: the
+            normalisation of the model's ``style``, :func:`kldet.model.input_normalization`). The file holds
+            all six, as kldet-train writes them. None records no preprocessing: inference then normalises
+            by the model's style and kldet-predict refuses ``resize=train``.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        KLDetError: ``preprocess`` lacks ``max_size`` or has other keys, or its normalisation is invalid.
     """
     path = Path(path)
+    if preprocess is not None:
+        preprocess = _complete_preprocess(path, preprocess, model_kwargs.get("style", "pytorch"))
     path.parent.mkdir(parents=True, exist_ok=True)
     hyper_parameters = {
         "model": dict(model_kwargs),
@@ -151,3 +177,21 @@ def save_detector(
     state_dict = {STATE_PREFIX + key: value for key, value in model.state_dict().items()}
     torch.save({"hyper_parameters": hyper_parameters, "state_dict": state_dict}, path)
     return path
+
+
+def _complete_preprocess(path: Path, preprocess: dict[str, Any], style: str) -> dict[str, Any]:
+    """``preprocess`` with every key of :data:`PREPROCESS_KEYS`, the missing ones filled in."""
+    unknown = sorted(set(preprocess) - set(PREPROCESS_KEYS))
+    if unknown or "max_size" not in preprocess:
+        problem = f"unknown keys {unknown}" if unknown else "no 'max_size' (None for native pixels)"
+        raise KLDetError(f"save_detector {path}: preprocess has {problem}; keys: {list(PREPROCESS_KEYS)}")
+    try:
+        normalization = InputNormalization.from_preprocess(preprocess, style)
+    except KLDetError as error:
+        raise KLDetError(f"save_detector {path}: preprocess {error}") from None
+    return {
+        "size_divisor": DEFAULT_SIZE_DIVISOR,
+        **preprocess,
+        **normalization.as_preprocess(),
+        **recorded_resize_policy(preprocess),
+    }

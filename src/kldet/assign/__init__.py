@@ -4,7 +4,6 @@ from kldet.assign.alitsm import alitsm_assign, log_stage1_metric, stage2_metric
 from kldet.assign.atss import atss_assign
 from kldet.assign.fcos import FCOS_REGRESS_RANGES, fcos_assign
 from kldet.assign.priors import (
-    STRIDE_TO_LEVEL,
     THEORETICAL_RECEPTIVE_FIELD,
     feature_sizes,
     points_and_strides,
@@ -14,7 +13,6 @@ from kldet.assign.targets import build_targets
 
 __all__ = [
     "FCOS_REGRESS_RANGES",
-    "STRIDE_TO_LEVEL",
     "THEORETICAL_RECEPTIVE_FIELD",
     "alitsm_assign",
     "atss_assign",

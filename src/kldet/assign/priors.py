@@ -5,8 +5,6 @@ import math
 import torch
 from torch import Tensor
 
-# FPN level index of a stride (P2 has stride 4, ..., P7 stride 128).
-STRIDE_TO_LEVEL = {4: 2, 8: 3, 16: 4, 32: 5, 64: 6, 128: 7}
 # Theoretical receptive field in pixels of a ResNet-50 FPN level, keyed by its stride.
 THEORETICAL_RECEPTIVE_FIELD = {4: 35, 8: 91, 16: 267, 32: 427, 64: 555, 128: 811}
 

@@ -25,7 +25,7 @@ from kldet.cli.train import CONFIG_DIR, build_datamodule, build_module, build_tr
 from kldet.cli.validate import validate_config
 from kldet.datamodule import KLDetDataModule
 from kldet.errors import KLDetConfigError, KLDetDataError
-from training import TINY, Probe, kldet_train, tiny_config
+from training import TINY, TINY_DATA, Probe, kldet_train, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 # The tiny model and trainer of TINY on data=coco (no synthetic set).

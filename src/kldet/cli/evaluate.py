@@ -28,6 +28,7 @@ from omegaconf import DictConfig, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from kldet.cli.dotlist import parse_dotlist
+from kldet.cli.logs import console_logging
 from kldet.cli.validate import validate_config
 from kldet.errors import KLDetConfigError, KLDetError
 from kldet.evaluation import evaluate_results_file, format_table
@@ -121,11 +122,9 @@ def evaluate_checkpoint(cfg: DictConfig, overrides: list[str] = ()) -> dict[str,
     (:func:`postprocess_overrides`). Prints the table and writes the metrics JSON (``cfg.out`` or
     ``metrics_<split>.json`` beside the checkpoint); returns the metrics without the split prefix.
     """
-    from kldet.cli.logs import console_logging
     from kldet.cli.train import build_datamodule, build_trainer, prefixed, read_data
     from kldet.lit import KLDetModule
 
-    console_logging()
     ckpt = Path(cfg.ckpt)
     postprocess = postprocess_overrides(cfg, list(overrides))
     module = KLDetModule.from_checkpoint(ckpt, metric=cfg.module.metric)
@@ -159,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         if any(arg.startswith("ckpt=") for arg in argv):
-            evaluate_checkpoint(checkpoint_config(argv), argv)
+            with console_logging():
+                evaluate_checkpoint(checkpoint_config(argv), argv)
             return 0
         if not any(arg.startswith("results=") for arg in argv):
             raise KLDetConfigError(

@@ -1,9 +1,11 @@
 """What kldet-train's console shows of the run log (conf/hydra/job_logging/kldet.yaml); ``train.log`` keeps all.
 kldet-eval, which runs no Hydra job, gets the same console through :func:`console_logging`."""
 
+import contextlib
 import logging
 import sys
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 # ``log.info(..., extra=FILE_ONLY)``: for the run log only (e.g. a table that is also printed).
@@ -34,17 +36,29 @@ def capture_warnings() -> None:
     warnings.showwarning = log_warning
 
 
-def console_logging() -> None:
-    """The console of kldet-train for a CLI without Hydra's job logging (kldet-eval's checkpoint mode):
-    messages at INFO through :class:`ConsoleFilter` (no Lightning tips), warnings as log records, library
-    deprecations (:data:`LIBRARY_WARNINGS`) not shown."""
+@contextlib.contextmanager
+def console_logging() -> Iterator[None]:
+    """The console of kldet-train, while the block runs, for a CLI without Hydra's job logging (kldet-eval's
+    checkpoint mode): messages at INFO through :class:`ConsoleFilter` (no Lightning tips), warnings as log
+    records, library deprecations (:data:`LIBRARY_WARNINGS`) not shown. Restores the logging set-up after."""
     handler = logging.StreamHandler(sys.stdout)
     handler.addFilter(ConsoleFilter())
     root = logging.getLogger()
-    root.handlers = [handler]
-    root.setLevel(logging.INFO)
     # Lightning and torchmetrics give their loggers handlers of their own (as in the job logging config).
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "torchmetrics"):
-        logging.getLogger(name).handlers = []
-        logging.getLogger(name).propagate = True
+    routed = [
+        logging.getLogger(name)
+        for name in ("lightning", "lightning.pytorch", "lightning.fabric", "torchmetrics")
+    ]
+    saved = [(root.handlers, root.level, warnings.showwarning)] + [
+        (lg.handlers, lg.propagate) for lg in routed
+    ]
+    root.handlers, root.level = [handler], logging.INFO
+    for logger in routed:
+        logger.handlers, logger.propagate = [], True
     capture_warnings()
+    try:
+        yield
+    finally:
+        (root.handlers, root.level, warnings.showwarning), *others = saved
+        for logger, (handlers, propagate) in zip(routed, others, strict=True):
+            logger.handlers, logger.propagate = handlers, propagate

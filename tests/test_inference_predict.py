@@ -82,6 +82,27 @@ def test_checkpoint_in_the_lightning_layout_round_trips(tmp_path):
                 assert torch.equal(a, b)
 
 
+def test_from_checkpoint_reads_the_file_once(tmp_path, monkeypatch):
+    from kldet.lit import KLDetModule
+
+    save_detector(tmp_path / "m.ckpt", tiny_model(), TINY, CLASSES)
+    checkpoint = torch.load(tmp_path / "m.ckpt", weights_only=True)
+    checkpoint["hyper_parameters"].update(optim={"lr": 0.123}, metric="coco")
+    torch.save(checkpoint, tmp_path / "m.ckpt")
+    loads = []
+
+    def counted_load(*args, **kwargs):
+        loads.append(args[0])
+        return load(*args, **kwargs)
+
+    load = torch.load
+    monkeypatch.setattr(torch, "load", counted_load)
+    module = KLDetModule.from_checkpoint(tmp_path / "m.ckpt")
+    assert len(loads) == 1 and module.hparams["optim"]["lr"] == 0.123 and module.hparams["metric"] == "coco"
+    Predictor.from_checkpoint(tmp_path / "m.ckpt")
+    assert len(loads) == 2
+
+
 def test_checkpoint_overrides_and_default_category_ids(tmp_path):
     save_detector(tmp_path / "m.ckpt", tiny_model(), TINY, CLASSES)
     model, meta = load_detector(tmp_path / "m.ckpt", overrides={"score_thresh": 0.3})

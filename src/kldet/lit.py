@@ -252,10 +252,7 @@ class KLDetModule(L.LightningModule):
         """The module of a kldet-train checkpoint, read with :func:`kldet.checkpoint.load_detector` (so no
         pretrained backbone file is needed); ``metric`` replaces the evaluation kind it was trained with."""
         detector, meta = load_detector(path, map_location)
-        # The optimiser settings and metric kind are not part of load_detector's metadata.
-        hyper_parameters = torch.load(path, map_location="cpu", weights_only=True, mmap=True)[
-            "hyper_parameters"
-        ]
+        hyper_parameters = meta["hyper_parameters"]  # the optimiser settings and metric kind
         with warnings.catch_warnings():
             # The detector built here is replaced by the loaded one at once.
             warnings.filterwarnings("ignore", message=".*starts from random weights")

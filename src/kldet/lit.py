@@ -187,7 +187,10 @@ def _plain(value: Any) -> Any:
 
 
 class KLDetModule(L.LightningModule):
-    """Trains, validates, tests and predicts with a :class:`~kldet.model.KLDet` held as ``self.model``.
+    """Trains, validates and tests a :class:`~kldet.model.KLDet` held as ``self.model``.
+
+    It has no ``predict_step``: inference is :class:`kldet.inference.Predictor` (kldet-predict), the one
+    path that tiles and resizes as the checkpoint says.
 
     Args:
         model: KLDet keyword arguments without ``num_classes`` (taken from ``classes``).
@@ -333,17 +336,6 @@ class KLDetModule(L.LightningModule):
         images, targets = batch
         self._note_skipped(targets, "test")
         self._update_metric(self.test_metric, images, targets)
-
-    def predict_step(
-        self, batch: tuple[Tensor, list[dict[str, Any]]], batch_idx: int
-    ) -> list[dict[str, Any]]:
-        """Detections in original image pixels, each with the image's "image_id" and "file_name"."""
-        images, targets = batch
-        predictions = self._predict(images, targets)
-        return [
-            {**prediction, "image_id": t["image_id"], "file_name": t["file_name"]}
-            for prediction, t in zip(predictions, targets, strict=True)
-        ]
 
     def on_train_epoch_end(self) -> None:
         self._report_skipped("train")

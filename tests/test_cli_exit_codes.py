@@ -78,7 +78,8 @@ def test_every_error_exits_1_with_one_line(prog, argv, message, tmp_path, image_
 @pytest.mark.parametrize("prog", sorted(MAINS))
 def test_help_exits_0(prog, capsys):
     assert MAINS[prog](["--help"]) == EXIT_OK == 0
-    assert "ckpt=" in capsys.readouterr().out or prog == "kldet-data"
+    out = capsys.readouterr().out
+    assert f"{prog} " in out and ("ckpt=" in out or prog == "kldet-data")
 
 
 @pytest.mark.parametrize(

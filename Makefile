@@ -36,7 +36,7 @@ demo: install
 	rm -rf $(DEMO_DIR)
 	$(BIN)/kldet-train experiment=synthetic hydra.run.dir=$(DEMO_DIR) $(ARGS)
 	$(BIN)/kldet-predict ckpt=$(DEMO_DIR)/checkpoints/best.ckpt 'input=data/synthetic/val/*5.png' \
-		output=$(DEMO_DIR)/predictions score_thresh=0.2
+		out=$(DEMO_DIR)/predictions score_thresh=0.2
 
 synth: install
 	$(BIN)/kldet-data synth out=data/synthetic num_images=200 seed=0

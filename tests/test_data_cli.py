@@ -81,23 +81,23 @@ def test_check_dior_and_coco(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("argv", "status", "words"),
     [
-        (["check", "format=aitod", "anns=x.json"], 2, "Key 'anns' not in 'CheckConfig'"),
-        (["check", "format=yolo"], 2, "expected one of [aitod, dior, coco]"),
-        (["check", "format=dior", "root=/x"], 2, "format=dior needs root=DIR split=NAME"),
-        (["check", "format=coco", "root=/x"], 2, "format=coco needs ann=FILE images=DIR"),
-        (["check", "format=aitod", "root=/nowhere", "split=test"], 2, "expected /nowhere/annotations/"),
-        (["check", "format=coco", "root=/nowhere", "split=test"], 2, "COCO split 'test' not found under"),
-        (["check", "format=dior", "root=/nowhere", "split=test"], 2, "DIOR split 'test' not found"),
+        (["check", "format=aitod", "anns=x.json"], 1, "Key 'anns' not in 'CheckConfig'"),
+        (["check", "format=yolo"], 1, "expected one of [aitod, dior, coco]"),
+        (["check", "format=dior", "root=/x"], 1, "format=dior needs root=DIR split=NAME"),
+        (["check", "format=coco", "root=/x"], 1, "format=coco needs ann=FILE images=DIR"),
+        (["check", "format=aitod", "root=/nowhere", "split=test"], 1, "expected /nowhere/annotations/"),
+        (["check", "format=coco", "root=/nowhere", "split=test"], 1, "COCO split 'test' not found under"),
+        (["check", "format=dior", "root=/nowhere", "split=test"], 1, "DIOR split 'test' not found"),
         (
             ["check", "format=aitod", "ann=/nowhere.json", "images=/"],
             1,
             "/nowhere.json: annotation file not found",
         ),
-        (["synth", "num_images=3"], 2, "missing required out="),
-        (["synth", "out=/tmp/x", "num_images=many"], 2, "num_images"),
-        (["synth", "out"], 2, "expected key=value arguments"),
-        (["convert"], 2, "unknown command 'convert'"),
-        ([], 2, "kldet-data synth out=DIR"),
+        (["synth", "num_images=3"], 1, "missing required out="),
+        (["synth", "out=/tmp/x", "num_images=many"], 1, "num_images: Value 'many'"),
+        (["synth", "out"], 1, "expected key=value arguments"),
+        (["convert"], 1, "unknown command 'convert'"),
+        ([], 1, "kldet-data: error: no command: use synth or check"),
         (["--help"], 0, "kldet-data check format=dior root=DIR split=NAME"),
         (["--help"], 0, "add decode=true to decode every image"),
         (["synth", "--help"], 0, "val_fraction"),
@@ -107,5 +107,9 @@ def test_check_dior_and_coco(tmp_path, capsys):
 def test_bad_arguments_give_a_message_not_a_traceback(argv, status, words, capsys):
     assert main(argv) == status
     captured = capsys.readouterr()
-    assert words in captured.out
+    # Help on stdout; an error (bad argument or bad data alike: exit 1) as one line on stderr.
+    assert words in (captured.err if status else captured.out)
     assert "Traceback" not in captured.out + captured.err
+    if status:
+        first = captured.err.splitlines()[0]
+        assert first.startswith("kldet-data") and ": error: " in first

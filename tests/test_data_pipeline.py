@@ -231,18 +231,13 @@ def test_datamodule_on_the_synthetic_set(synthetic_root):
     assert data.test_dataloader() == []
 
 
-def test_datamodule_reads_a_coco_layout_and_an_image_folder(synthetic_root):
+def test_datamodule_reads_a_coco_layout(synthetic_root):
     data = KLDetDataModule(
         format="coco", root=str(synthetic_root), train_split="train", val_split="val", num_workers=0
     )
     assert data.classes == list(AITOD_CLASSES)
     data.setup("validate")
     assert len(data.ground_truth("val").records) == 2
-    data = KLDetDataModule(predict_images=str(synthetic_root / "val"), num_workers=0, max_size=None)
-    images, targets = next(iter(data.predict_dataloader()))
-    assert tuple(images.shape) == (2, 3, SYNTHETIC_SIZE, SYNTHETIC_SIZE) and [
-        t["image_id"] for t in targets
-    ] == [1, 2]
 
 
 def test_datamodule_reads_dior(tmp_path):

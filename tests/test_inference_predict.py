@@ -81,6 +81,27 @@ def test_checkpoint_in_the_lightning_layout_round_trips(tmp_path):
                 assert torch.equal(a, b)
 
 
+def test_from_checkpoint_reads_the_file_once(tmp_path, monkeypatch):
+    from kldet.lit import KLDetModule
+
+    save_detector(tmp_path / "m.ckpt", tiny_model(), TINY, CLASSES)
+    checkpoint = torch.load(tmp_path / "m.ckpt", weights_only=True)
+    checkpoint["hyper_parameters"].update(optim={"lr": 0.123}, metric="coco")
+    torch.save(checkpoint, tmp_path / "m.ckpt")
+    loads = []
+
+    def counted_load(*args, **kwargs):
+        loads.append(args[0])
+        return load(*args, **kwargs)
+
+    load = torch.load
+    monkeypatch.setattr(torch, "load", counted_load)
+    module = KLDetModule.from_checkpoint(tmp_path / "m.ckpt")
+    assert len(loads) == 1 and module.hparams["optim"]["lr"] == 0.123 and module.hparams["metric"] == "coco"
+    Predictor.from_checkpoint(tmp_path / "m.ckpt")
+    assert len(loads) == 2
+
+
 def test_checkpoint_overrides_and_default_category_ids(tmp_path):
     save_detector(tmp_path / "m.ckpt", tiny_model(), TINY, CLASSES)
     model, meta = load_detector(tmp_path / "m.ckpt", overrides={"score_thresh": 0.3})
@@ -197,7 +218,7 @@ def write_images(folder):
 def test_kldet_predict_on_a_folder(checkpoint, tmp_path, capsys):
     write_images(tmp_path / "in")
     out = tmp_path / "out"
-    args = [f"ckpt={checkpoint}", f"input={tmp_path / 'in'}", f"output={out}", "tile_size=96", "batch_size=2"]
+    args = [f"ckpt={checkpoint}", f"input={tmp_path / 'in'}", f"out={out}", "tile_size=96", "batch_size=2"]
     assert predict_main([*args, "progress=false"]) == 0
     images = json.loads((out / "images.json").read_text())["images"]
     assert [(i["file_name"], i["width"], i["height"]) for i in images] == [
@@ -216,20 +237,38 @@ def test_kldet_predict_on_a_folder(checkpoint, tmp_path, capsys):
     gt.write_text(
         json.dumps({"images": [{"id": 40, "file_name": "small.png"}, {"id": 41, "file_name": "scene.jpg"}]})
     )
-    assert predict_main([*args, f"coco_gt={gt}", "render=false", f"output={tmp_path / 'out2'}"]) == 0
+    assert predict_main([*args, f"coco_gt={gt}", "render=false", f"out={tmp_path / 'out2'}"]) == 0
     assert {r["image_id"] for r in json.loads((tmp_path / "out2" / "results.json").read_text())} <= {40, 41}
+
+
+def test_kldet_predict_takes_the_former_output_key_with_a_deprecation_note(checkpoint, tmp_path, capsys):
+    write_images(tmp_path / "in")
+    args = [
+        f"ckpt={checkpoint}",
+        f"input={tmp_path / 'in'}",
+        "tile_size=96",
+        "render=false",
+        "progress=false",
+    ]
+    assert predict_main([*args, f"out={tmp_path / 'new'}"]) == 0
+    capsys.readouterr()
+    assert predict_main([*args, f"output={tmp_path / 'old'}"]) == 0
+    err = capsys.readouterr().err
+    assert "kldet-predict: output= is deprecated, use out= (output= goes in the next release)\n" in err
+    assert err.count("deprecated") == 1
+    assert (tmp_path / "old" / "results.json").read_text() == (tmp_path / "new" / "results.json").read_text()
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["input=x", "output=y"], "missing required ckpt=..."),
-        (["ckpt=a", "input=x", "output=y", "tile_sise=3"], "tile_sise"),
-        (["ckpt=a", "input=x", "output=y", "batch_size=many"], "many"),
-        (["ckpt=a", "input=x", "output=y", "render"], "expected key=value"),
-        (["ckpt=a", "input=x", "output=y", "overlap=1.5"], "overlap is a fraction"),
-        (["ckpt=a", "input=x", "output=y", "device=tpu"], "device=tpu"),
-        (["ckpt=a", "input=missing_folder", "output=y"], "no image files"),
+        (["input=x", "out=y"], "missing required ckpt=..."),
+        (["ckpt=a", "input=x", "out=y", "tile_sise=3"], "tile_sise"),
+        (["ckpt=a", "input=x", "out=y", "batch_size=many"], "many"),
+        (["ckpt=a", "input=x", "out=y", "render"], "expected key=value"),
+        (["ckpt=a", "input=x", "out=y", "overlap=1.5"], "overlap is a fraction"),
+        (["ckpt=a", "input=x", "out=y", "device=tpu"], "device=tpu"),
+        (["ckpt=a", "input=missing_folder", "out=y"], "no image files"),
     ],
 )
 def test_kldet_predict_bad_arguments_are_one_line_errors(args, message, capsys):
@@ -250,13 +289,13 @@ def test_kldet_predict_candidates_is_passed_on_and_checked(checkpoint, tmp_path,
     ]
     outputs = {}
     for rule in ("points", "pairs"):
-        assert predict_main([*args, f"output={tmp_path / rule}", f"candidates={rule}"]) == 0
+        assert predict_main([*args, f"out={tmp_path / rule}", f"candidates={rule}"]) == 0
         outputs[rule] = json.loads((tmp_path / rule / "results.json").read_text())
     # score_thresh 0: every pair passes either threshold, so the rules differ by their top-k only
     # (pre_nms_topk 20 pairs per level against 20 points with both classes each).
     assert len(outputs["points"]) > len(outputs["pairs"]) > 0
     capsys.readouterr()
-    assert predict_main([*args, f"output={tmp_path / 'bad'}", "candidates=best"]) == 1
+    assert predict_main([*args, f"out={tmp_path / 'bad'}", "candidates=best"]) == 1
     err = capsys.readouterr().err
     assert "candidates='best'" in err and "Traceback" not in err and err.count("kldet-predict:") == 1
 
@@ -279,7 +318,7 @@ def test_kldet_predict_geotiff_writes_geojson(checkpoint, tmp_path):
     args = [
         f"ckpt={checkpoint}",
         f"input={tmp_path / 'scene.tif'}",
-        f"output={out}",
+        f"out={out}",
         "tile_size=96",
         "progress=false",
     ]
@@ -295,7 +334,7 @@ def test_kldet_predict_geotiff_writes_geojson(checkpoint, tmp_path):
 
 
 def predict_args(checkpoint, tmp_path, *extra):
-    return [f"ckpt={checkpoint}", f"input={tmp_path / 'in'}", f"output={tmp_path / 'out'}", "tile_size=96",
+    return [f"ckpt={checkpoint}", f"input={tmp_path / 'in'}", f"out={tmp_path / 'out'}", "tile_size=96",
             "progress=false", *extra]  # fmt: skip
 
 
@@ -329,9 +368,9 @@ def test_kldet_predict_checks_the_output_folder_before_inference(checkpoint, tmp
         (tmp_path / "taken", "exists and is not a folder"),
         (tmp_path / "taken" / "sub", "cannot write there"),
     ]:
-        assert predict_main([*predict_args(checkpoint, tmp_path), f"output={output}"]) == 1
+        assert predict_main([*predict_args(checkpoint, tmp_path), f"out={output}"]) == 1
         err = capsys.readouterr().err
-        assert f"kldet-predict: output={output}: {message}" in err and err.count("\n") == 1
+        assert f"kldet-predict: error: out={output}: {message}" in err and err.count("\n") == 1
 
 
 def test_kldet_predict_summary_counts_images_boxes_and_images_without_boxes(checkpoint, tmp_path, capsys):
@@ -445,5 +484,5 @@ def test_kldet_predict_names_a_truncated_image_in_one_line(checkpoint, tmp_path,
     scene.write_bytes(scene.read_bytes()[:-200])
     assert predict_main(predict_args(checkpoint, tmp_path)) == 1
     err = capsys.readouterr().err
-    assert f"kldet-predict: image file {scene} cannot be decoded: truncated" in err
+    assert f"kldet-predict: error: image file {scene} cannot be decoded: truncated" in err
     assert "Traceback" not in err and err.count("\n") == 1

@@ -14,6 +14,7 @@ from kldet.checkpoint import load_detector, save_detector
 from kldet.cli.evaluate import checkpoint_config
 from kldet.cli.export import main as export_main
 from kldet.cli.train import build_datamodule, build_module
+from kldet.data import DetectionDataset, read_image_folder
 from kldet.datamodule import KLDetDataModule
 from kldet.errors import KLDetConfigError
 from kldet.inference.predictor import Predictor
@@ -185,18 +186,18 @@ def test_datamodule_with_caffe_normalisation_serves_bgr_minus_the_mean(tmp_path)
     rgb = np.random.default_rng(0).integers(0, 256, (40, 64, 3), dtype=np.uint8)
     write_rgb_png(tmp_path / "images", rgb)
     data = KLDetDataModule(
-        predict_images=str(tmp_path / "images"),
         max_size=None,
         num_workers=0,
         normalization=input_normalization("caffe"),
     )
-    images, _ = next(iter(data.predict_dataloader()))
+    (record,) = read_image_folder(tmp_path / "images").records
+    image, _ = DetectionDataset([record], data.eval_transform)[0]
     expected = (rgb[..., ::-1] - CAFFE_BGR_MEAN).transpose(2, 0, 1)
-    np.testing.assert_allclose(images[0, :, :40, :64].numpy(), expected, atol=1e-4)
-    default = KLDetDataModule(predict_images=str(tmp_path / "images"), max_size=None, num_workers=0)
-    images, _ = next(iter(default.predict_dataloader()))
+    np.testing.assert_allclose(image.numpy(), expected, atol=1e-4)
+    default = KLDetDataModule(max_size=None, num_workers=0)
+    image, _ = DetectionDataset([record], default.eval_transform)[0]
     expected = ((rgb - IMAGENET_RGB_MEAN) / IMAGENET_RGB_STD).transpose(2, 0, 1)
-    np.testing.assert_allclose(images[0, :, :40, :64].numpy(), expected, atol=1e-4)
+    np.testing.assert_allclose(image.numpy(), expected, atol=1e-4)
 
 
 def test_kldet_train_takes_the_data_normalisation_from_the_model_style(tmp_path):

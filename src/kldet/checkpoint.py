@@ -44,9 +44,10 @@ def load_detector(
         overrides: KLDet keyword arguments to change, e.g. ``{"score_thresh": 0.3}`` for inference.
 
     Returns:
-        the model and the metadata: ``{"model": kwargs used, "classes", "category_ids", "preprocess"}``;
-        ``preprocess`` is the stored dict (``{}`` when the checkpoint has none) with ``channel_order``,
-        ``mean`` and ``std`` always present (filled in from the model's style where missing).
+        the model and the metadata: ``{"model": kwargs used, "classes", "category_ids", "preprocess",
+        "hyper_parameters"}``; ``preprocess`` is the stored dict (``{}`` when the checkpoint has none) with
+        ``channel_order``, ``mean`` and ``std`` always present (filled in from the model's style where
+        missing); ``hyper_parameters`` is the checkpoint's own, as stored (so nothing reads the file twice).
 
     Raises:
         KLDetError: the file is missing, not a checkpoint, or its weights do not fit its own model.
@@ -81,6 +82,7 @@ def load_detector(
         "classes": [str(name) for name in hyper_parameters["classes"]],
         "category_ids": [int(c) for c in category_ids],
         "preprocess": dict(hyper_parameters.get("preprocess") or {}),
+        "hyper_parameters": hyper_parameters,
     }
     try:
         normalization = InputNormalization.from_preprocess(

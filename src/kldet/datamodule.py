@@ -24,7 +24,6 @@ from kldet.data import (
     collate,
     locate_split,
     read_dataset,
-    read_image_folder,
 )
 from kldet.data.coco import categories_of
 from kldet.data.dior import DIFFICULT_MODES
@@ -37,7 +36,7 @@ STAGES = ("train", "val", "test")
 
 
 class KLDetDataModule(L.LightningDataModule):
-    """Train, val, test and predict loaders over an AI-TOD, DIOR or COCO data set.
+    """Train, val and test loaders over an AI-TOD, DIOR or COCO data set.
 
     Every argument is a plain value, so a Hydra config instantiates it directly.
 
@@ -54,7 +53,6 @@ class KLDetDataModule(L.LightningDataModule):
             image folder of a split, overriding what ``root`` and the split name give (aitod, coco).
             A stage given neither takes those of another stage that names the same split (with
             ``test_split`` equal to ``val_split``, ``val_ann``/``val_images`` serve the test stage too).
-        predict_images: folder of images to predict; None predicts the test split.
         batch_size: training images per batch; ``eval_batch_size`` for the other loaders (default the same).
         num_workers, persistent_workers: DataLoader worker processes, kept alive between epochs.
         pin_memory: page-locked batches; None pins when CUDA is available.
@@ -88,7 +86,6 @@ class KLDetDataModule(L.LightningDataModule):
         train_images: str | None = None,
         val_images: str | None = None,
         test_images: str | None = None,
-        predict_images: str | None = None,
         batch_size: int = 2,
         eval_batch_size: int | None = None,
         num_workers: int = 2,
@@ -114,7 +111,6 @@ class KLDetDataModule(L.LightningDataModule):
         self.splits = {"train": train_split, "val": val_split, "test": test_split}
         self.ann_files = {"train": train_ann, "val": val_ann, "test": test_ann}
         self.image_dirs = {"train": train_images, "val": val_images, "test": test_images}
-        self.predict_images = predict_images
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
@@ -174,8 +170,7 @@ class KLDetDataModule(L.LightningDataModule):
     # --- Lightning hooks ------------------------------------------------------------------------------
 
     def setup(self, stage: str | None = None) -> None:
-        predict = () if self.predict_images is not None else ("test",)
-        needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": predict}
+        needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
         for split_stage in needed.get(stage, STAGES):
             if self.has_split(split_stage):
                 self.ground_truth(split_stage)
@@ -200,15 +195,6 @@ class KLDetDataModule(L.LightningDataModule):
         if not self.has_split("test"):
             return []
         return self._loader(self.ground_truth("test").records, self.eval_transform, self.eval_batch_size)
-
-    def predict_dataloader(self) -> DataLoader:
-        if self.predict_images is None:
-            dataset = self.ground_truth("test")
-        else:
-            dataset = read_image_folder(
-                self.predict_images, strict=not self.lenient, decode=self.decode_check
-            )
-        return self._loader(dataset.records, self.eval_transform, self.eval_batch_size)
 
     def has_split(self, stage: str) -> bool:
         """Whether ``stage`` ("train", "val", "test") has data configured."""

@@ -187,7 +187,10 @@ def _plain(value: Any) -> Any:
 
 
 class KLDetModule(L.LightningModule):
-    """Trains, validates, tests and predicts with a :class:`~kldet.model.KLDet` held as ``self.model``.
+    """Trains, validates and tests a :class:`~kldet.model.KLDet` held as ``self.model``.
+
+    It has no ``predict_step``: inference is :class:`kldet.inference.Predictor` (kldet-predict), the one
+    path that tiles and resizes as the checkpoint says.
 
     Args:
         model: KLDet keyword arguments without ``num_classes`` (taken from ``classes``).
@@ -252,10 +255,7 @@ class KLDetModule(L.LightningModule):
         """The module of a kldet-train checkpoint, read with :func:`kldet.checkpoint.load_detector` (so no
         pretrained backbone file is needed); ``metric`` replaces the evaluation kind it was trained with."""
         detector, meta = load_detector(path, map_location)
-        # The optimiser settings and metric kind are not part of load_detector's metadata.
-        hyper_parameters = torch.load(path, map_location="cpu", weights_only=True, mmap=True)[
-            "hyper_parameters"
-        ]
+        hyper_parameters = meta["hyper_parameters"]  # the optimiser settings and metric kind
         with warnings.catch_warnings():
             # The detector built here is replaced by the loaded one at once.
             warnings.filterwarnings("ignore", message=".*starts from random weights")
@@ -336,17 +336,6 @@ class KLDetModule(L.LightningModule):
         images, targets = batch
         self._note_skipped(targets, "test")
         self._update_metric(self.test_metric, images, targets)
-
-    def predict_step(
-        self, batch: tuple[Tensor, list[dict[str, Any]]], batch_idx: int
-    ) -> list[dict[str, Any]]:
-        """Detections in original image pixels, each with the image's "image_id" and "file_name"."""
-        images, targets = batch
-        predictions = self._predict(images, targets)
-        return [
-            {**prediction, "image_id": t["image_id"], "file_name": t["file_name"]}
-            for prediction, t in zip(predictions, targets, strict=True)
-        ]
 
     def on_train_epoch_end(self) -> None:
         self._report_skipped("train")

@@ -22,10 +22,11 @@ from rich.console import Console
 from rich.table import Table
 
 from kldet.cli.dotlist import option, parse_dotlist
+from kldet.cli.report import EXIT_ERROR, EXIT_OK, report_error
 from kldet.data import read_dataset
 from kldet.data.records import PROBLEM_KINDS, DetectionSet
 from kldet.data.stats import SIZE_BIN_EDGES, SIZE_BINS, summarize
-from kldet.errors import KLDetConfigError, KLDetError
+from kldet.errors import KLDetError
 
 USAGE = (__doc__ or "").split("\n\n", 1)[1]
 
@@ -71,32 +72,25 @@ class CheckConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Runs ``kldet-data``; returns the exit status (0 fine, 1 problems found or bad data, 2 bad arguments)."""
+    """Runs ``kldet-data``; returns the exit status: 0 fine (or help), 1 problems found in the data set or
+    any error, bad arguments included (:mod:`kldet.cli.report`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     console = Console(highlight=False, markup=False, soft_wrap=True)
-    if not argv or argv[0] in ("-h", "--help", "help"):
+    if argv and argv[0] in ("-h", "--help", "help"):
         console.print(USAGE)
-        return 0 if argv else 2
+        return EXIT_OK
+    if not argv or argv[0] not in ("synth", "check"):
+        got = f"unknown command {argv[0]!r}" if argv else "no command"
+        return report_error("kldet-data", f"{got}: use synth or check (see kldet-data --help)")
     command, overrides = argv[0], argv[1:]
-    if command not in ("synth", "check"):
-        console.print(f"kldet-data: unknown command {command!r}\n\n{USAGE}")
-        return 2
     schema = SynthConfig if command == "synth" else CheckConfig
     try:
         config = parse_dotlist(schema, overrides, f"kldet-data {command}", schema.__doc__)
-    except KLDetConfigError as error:
-        console.print(f"kldet-data {command}: {error}\n\n{USAGE}")
-        return 2
-    if config is None:
-        return 0
-    try:
+        if config is None:
+            return EXIT_OK
         return _synth(config, console) if command == "synth" else _check(config, console)
-    except KLDetConfigError as error:
-        console.print(f"kldet-data {command}: {error}")
-        return 2
     except KLDetError as error:
-        console.print(f"kldet-data {command}: {error}")
-        return 1
+        return report_error(f"kldet-data {command}", error)
 
 
 def _synth(config: SynthConfig, console: Console) -> int:
@@ -118,7 +112,7 @@ def _synth(config: SynthConfig, console: Console) -> int:
         console.print(f"  {split}: {path}")
     check = f"format={config.format.value} root={config.out} split=train"
     console.print(f"check it with: kldet-data check {check}")
-    return 0
+    return EXIT_OK
 
 
 def _check(config: CheckConfig, console: Console) -> int:
@@ -134,7 +128,7 @@ def _check(config: CheckConfig, console: Console) -> int:
         progress=True,
     )
     _print_summary(dataset, console)
-    return 1 if dataset.problems else 0
+    return EXIT_ERROR if dataset.problems else EXIT_OK
 
 
 def _print_summary(dataset: DetectionSet, console: Console) -> None:

@@ -16,6 +16,7 @@ from typing import TypeVar
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from kldet.cli.report import EXIT_OK, report_error
 from kldet.errors import KLDetConfigError, KLDetError
 
 Config = TypeVar("Config")
@@ -64,7 +65,9 @@ def parse_dotlist(
         return OmegaConf.to_object(config)
     except OmegaConfBaseException as error:
         message = str(error).splitlines()[0]
-        raise KLDetConfigError(f"{message} (see {prog} --help)") from None
+        key = getattr(error, "full_key", None)
+        named = f"{key}: {message}" if key and key not in message else message
+        raise KLDetConfigError(f"{named} (see {prog} --help)") from None
 
 
 def check_writable_folder(key: str, folder: Path) -> None:
@@ -92,18 +95,18 @@ def run_dotlist_cli(
     action: Callable[[Config], str],
 ) -> int:
     """A whole ``key=value`` command: parse ``argv`` (default ``sys.argv[1:]``) into ``schema``, run
-    ``action`` on it and print the line it returns; a :class:`KLDetError` is printed as one line.
+    ``action`` on it and print the line it returns; a :class:`KLDetError` is printed as one line
+    (:func:`kldet.cli.report.report_error`).
 
     Returns:
-        the exit status: 0 (done, or help printed) or 1 (error).
+        the exit status (:mod:`kldet.cli.report`): 0 (done, or help printed) or 1 (error).
     """
     try:
         config = parse_dotlist(schema, sys.argv[1:] if argv is None else argv, prog, doc)
         if config is None:
-            return 0
+            return EXIT_OK
         done = action(config)
     except KLDetError as error:
-        print(f"{prog}: {error}", file=sys.stderr)
-        return 1
+        return report_error(prog, error)
     print(f"{prog}: {done}", file=sys.stderr)
-    return 0
+    return EXIT_OK

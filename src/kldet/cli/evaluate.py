@@ -29,6 +29,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from kldet.cli.dotlist import parse_dotlist
 from kldet.cli.logs import console_logging
+from kldet.cli.report import EXIT_OK, report_error
 from kldet.cli.validate import validate_config
 from kldet.errors import KLDetConfigError, KLDetError
 from kldet.evaluation import evaluate_results_file, format_table
@@ -152,15 +153,16 @@ def evaluate_checkpoint(cfg: DictConfig, overrides: list[str] = ()) -> dict[str,
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``kldet-eval``; returns the exit status, 0 or 1 (any error, :mod:`kldet.cli.report`)."""
     argv = sys.argv[1:] if argv is None else argv
     if any(arg in ("-h", "--help") for arg in argv):
         print(__doc__.strip())
-        return 0
+        return EXIT_OK
     try:
         if any(arg.startswith("ckpt=") for arg in argv):
             with console_logging():
                 evaluate_checkpoint(checkpoint_config(argv), argv)
-            return 0
+            return EXIT_OK
         if not any(arg.startswith("results=") for arg in argv):
             raise KLDetConfigError(
                 "nothing to evaluate: give ckpt=CHECKPOINT to evaluate a checkpoint on a data split "
@@ -168,10 +170,9 @@ def main(argv: list[str] | None = None) -> int:
                 "score a COCO results file (with ann=ANN.json, or metric=voc root=... split=...); see kldet-eval --help"
             )
         run(parse_dotlist(EvaluateConfig, argv, "kldet-eval"))
-    except (KLDetError, OSError) as e:  # OSError: the output cannot be written
-        print(f"kldet-eval: error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    except (KLDetError, OSError) as error:  # OSError: the output cannot be written
+        return report_error("kldet-eval", error)
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -2,21 +2,23 @@
 
 Usage::
 
-    kldet-predict ckpt=last.ckpt input=scenes/ output=predictions/ [key=value ...]
+    kldet-predict ckpt=last.ckpt input=scenes/ out=predictions/ [key=value ...]
 
 ``input`` is an image, a folder (searched recursively) or a glob (quote it). Images keep their native
 resolution unless ``resize=train`` (scale them as training did) or ``resize=N`` (longer side N px);
 anything larger than ``tile_size`` is then cut into overlapping tiles. EXIF orientation is ignored, as
-in training: boxes refer to the stored pixels. ``output`` receives
+in training: boxes refer to the stored pixels. ``out`` receives
 ``results.json`` (COCO results list), ``images.json`` (the matching COCO images/categories), ``rendered/``
 (images with boxes) and, for georeferenced GeoTIFFs, ``geojson/`` (boxes in the image's CRS).
-Run ``kldet-predict --help`` for every key.
+Run ``kldet-predict --help`` for every key. ``output=`` is the former name of ``out=``: it still works
+in this release, with a one-line deprecation note.
 """
 
 import dataclasses
 import json
 import logging
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -24,6 +26,7 @@ from omegaconf import MISSING
 from tqdm import tqdm
 
 from kldet.cli.dotlist import check_writable_folder, option, run_dotlist_cli
+from kldet.cli.report import report_error
 from kldet.errors import KLDetConfigError
 from kldet.inference.export import smallest_input_size
 from kldet.inference.geo import detections_to_geojson
@@ -42,7 +45,7 @@ class PredictConfig:
 
     ckpt: str = option(MISSING, "checkpoint file (.ckpt)")
     input: str = option(MISSING, "image, folder or glob")
-    output: str = option(MISSING, "output folder")
+    out: str = option(MISSING, "output folder")
     device: str = option("cpu", "cpu, cuda or cuda:N")
     batch_size: int = option(4, "tiles per forward pass")
     tile_size: int = option(800, "tile side in pixels, >= 96 for P2-P6 (the network's smallest input)")
@@ -60,7 +63,7 @@ class PredictConfig:
         None, "pre-NMS candidates: points (the authors') or pairs (torchvision's) (default: the checkpoint's)"
     )
     coco_gt: str | None = option(None, "COCO annotation file whose image ids the results should use")
-    render: bool = option(True, "write images with boxes to output/rendered")
+    render: bool = option(True, "write images with boxes to out/rendered")
     render_labels: bool = option(True, "write class and score by each box")
     box_width: int = option(1, "rendered box outline in pixels")
     geojson: bool = option(True, "write GeoJSON for georeferenced GeoTIFFs")
@@ -150,9 +153,9 @@ class PredictSummary:
 def predict(config: PredictConfig) -> PredictSummary:
     """Run the prediction a :class:`PredictConfig` describes."""
     _check(config)
-    output = Path(config.output)
+    output = Path(config.out)
     files, root = find_images(config.input, exclude=output)
-    check_writable_folder("output", output)
+    check_writable_folder("out", output)
     gt_ids = image_ids_from_coco(config.coco_gt) if config.coco_gt else None
     predictor = Predictor.from_checkpoint(
         config.ckpt,
@@ -215,8 +218,40 @@ def predict(config: PredictConfig) -> PredictSummary:
     return PredictSummary(results_path, len(images), len(records), without_boxes)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``kldet-predict key=value ...``; exits 1 with the message on a :class:`KLDetError`."""
+def renamed_keys(argv: Sequence[str], renamed: Mapping[str, str], prog: str) -> list[str]:
+    """``argv`` with each ``old=value`` of ``renamed`` (old -> new key) written ``new=value``, printing a
+    one-line deprecation note on stderr for each.
+
+    Raises:
+        KLDetConfigError: both the old and the new key are given.
+    """
+    keys = [arg.partition("=")[0] if "=" in arg else None for arg in argv]
+    rewritten = []
+    for arg, key in zip(argv, keys, strict=True):
+        if key in renamed:
+            new = renamed[key]
+            if new in keys:
+                raise KLDetConfigError(f"{key}= is the former name of {new}=; give {new}= only")
+            print(
+                f"{prog}: {key}= is deprecated, use {new}= ({key}= goes in the next release)", file=sys.stderr
+            )
+            arg = f"{new}={arg.partition('=')[2]}"
+        rewritten.append(arg)
+    return rewritten
+
+
+#: Former key names of kldet-predict that still work, with a deprecation note: old -> new.
+RENAMED_KEYS = {"output": "out"}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``kldet-predict key=value ...``; returns the exit status, 0 or 1 (any error: the
+    message as one line, :mod:`kldet.cli.report`)."""
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        argv = renamed_keys(argv, RENAMED_KEYS, "kldet-predict")
+    except KLDetConfigError as error:
+        return report_error("kldet-predict", error)
 
     def action(config: PredictConfig) -> str:
         return str(predict(config))

@@ -33,6 +33,7 @@ from omegaconf import DictConfig
 
 from kldet.checkpoint import read_checkpoint
 from kldet.cli.logs import FILE_ONLY, capture_warnings
+from kldet.cli.report import EXIT_ERROR, report_error
 from kldet.cli.validate import validate_config
 from kldet.data.synthetic import generate
 from kldet.datamodule import KLDetDataModule
@@ -264,15 +265,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    """Entry point ``kldet-train``; returns ``cfg.monitor`` for Hydra sweepers."""
+    """Entry point ``kldet-train``; returns ``cfg.monitor`` for Hydra sweepers. Exits 1 on any error (a bad
+    override, which Hydra reports, bad data, an interrupted run), as every kldet CLI (:mod:`kldet.cli.report`)."""
     capture_warnings()
     try:
         metrics = train(cfg)
     except KLDetError as error:
-        print(f"kldet-train: error: {error}", file=sys.stderr)
-        raise SystemExit(1) from None
+        raise SystemExit(report_error("kldet-train", error)) from None
     except SIGTERMException:  # Lightning's exits with status 0; the run did not finish
-        raise SystemExit(1) from None
+        raise SystemExit(EXIT_ERROR) from None
     return metrics.get(cfg.monitor)
 
 

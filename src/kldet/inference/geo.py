@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from kldet.errors import KLDetConfigError, KLDetDataError
-from kldet.inference.sliced import Detections
+from kldet.inference.types import Detections
 
 
 def _rasterio() -> Any:

@@ -24,8 +24,9 @@ from torch import Tensor
 from kldet.checkpoint import load_detector
 from kldet.data.transforms import recorded_resize_policy, resized_size
 from kldet.errors import KLDetConfigError
-from kldet.inference.sliced import Detections, Source, sliced_predict, tile_count
-from kldet.inference.sources import ArraySource, ImageSource, ResizedSource
+from kldet.inference.sliced import sliced_predict, tile_count
+from kldet.inference.sources import ArraySource, ResizedSource
+from kldet.inference.types import Detections, ImageSource, Source
 from kldet.model import InputNormalization, KLDet
 
 logger = logging.getLogger(__name__)
@@ -155,7 +156,7 @@ class Predictor:
         return batch, sizes
 
     def detect_tiles(self, tiles: Sequence[np.ndarray]) -> list[Detections]:
-        """Detections of each tile in its own pixels (a :data:`kldet.inference.sliced.DetectFn`)."""
+        """Detections of each tile in its own pixels (a :data:`kldet.inference.types.DetectFn`)."""
         batch, sizes = self.preprocess(tiles)
         return self.model.predict(batch, image_sizes=sizes)
 

@@ -15,7 +15,7 @@ import torch
 from torchvision.utils import draw_bounding_boxes
 
 from kldet.errors import KLDetError
-from kldet.inference.sliced import Detections
+from kldet.inference.types import Detections
 
 # matplotlib's tab10 then the light half of tab20: distinct on aerial imagery; classes beyond 20 wrap.
 PALETTE = (

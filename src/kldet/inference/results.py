@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from kldet.errors import KLDetDataError
-from kldet.inference.sliced import Detections
+from kldet.inference.types import Detections
 
 
 def detections_to_coco(

@@ -19,22 +19,13 @@ The merge rule, in two steps:
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 import numpy as np
 import torch
-from torch import Tensor
 from torchvision.ops import batched_nms
 
-from kldet.inference.sources import ImageSource
 from kldet.inference.tiling import Tile, make_tiles, tile_starts
-
-# "boxes" (K, 4) float32 xyxy, "scores" (K,) float32, "labels" (K,) int64.
-Detections = dict[str, Tensor]
-# A batch of RGB uint8 (h, w, 3) tiles -> their detections in tile pixels.
-DetectFn = Callable[[list[np.ndarray]], list[Detections]]
-
-Source = TypeVar("Source", bound=ImageSource)
+from kldet.inference.types import DetectFn, Detections, ImageSource, Source
 
 
 def owned_detections(detections: Detections, tile: Tile) -> Detections:
@@ -114,7 +105,7 @@ def sliced_predict(
     detections kept so far; a source is closed as soon as its last tile has been read.
 
     Args:
-        sources: images to predict on (see :class:`kldet.inference.sources.ImageSource`).
+        sources: images to predict on (see :class:`kldet.inference.types.ImageSource`).
         detect: the detector on a batch of tiles (see ``DetectFn``); tiles may differ in size.
         tile_size, overlap: see :func:`kldet.inference.tiling.make_tiles`.
         batch_size: tiles per ``detect`` call.

@@ -11,30 +11,16 @@ import importlib.util
 import os
 import warnings
 from pathlib import Path
-from typing import Protocol
 
 import cv2
 import numpy as np
 
 from kldet.data.images import IMAGE_SUFFIXES, load_image, read_header
 from kldet.errors import KLDetConfigError, KLDetDataError
+from kldet.inference.geo import RasterFile
+from kldet.inference.types import ImageSource
 
 GEOTIFF_SUFFIXES = (".tif", ".tiff")
-
-
-class ImageSource(Protocol):
-    """What sliced inference reads from: a size and RGB windows."""
-
-    height: int
-    width: int
-
-    def read(self, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
-        """Pixels ``[y0:y1, x0:x1]`` as a ``(y1 - y0, x1 - x0, 3)`` uint8 RGB array."""
-        ...
-
-    def close(self) -> None:
-        """Release decoded pixels or file handles; a later ``read`` opens the image again."""
-        ...
 
 
 class ImageFile:
@@ -119,8 +105,6 @@ def open_image(path: str | os.PathLike) -> ImageSource:
     path = Path(path)
     if path.suffix.lower() in GEOTIFF_SUFFIXES:
         if importlib.util.find_spec("rasterio") is not None:
-            from kldet.inference.geo import RasterFile  # here: geo imports sliced, which imports this module
-
             return RasterFile(path)
         # Python shows a warning once per call site: once per run, not once per file.
         warnings.warn(

@@ -32,12 +32,13 @@ from kldet.data.synthetic import generate
 from kldet.datamodule import FORMATS
 from kldet.errors import KLDetConfigError
 from kldet.evaluation import METRIC_KINDS
-from kldet.lit import DEFAULT_OPTIM, WARMUP_KINDS, KLDetModule
+from kldet.lit import KLDetModule
 from kldet.model import KLDet
 from kldet.model.backbone import NORM_LAYERS, RESNETS, STYLES
 from kldet.model.detector import ASSIGNERS
 from kldet.model.head import HEAD_NORMS
 from kldet.model.postprocess import CANDIDATE_RULES
+from kldet.optim import DEFAULT_OPTIM, WARMUP_KINDS
 
 # Hydra's instantiate keys, not arguments of the target.
 HYDRA_KEYS = frozenset({"_target_", "_partial_", "_recursive_", "_convert_", "_args_"})

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from kldet.assign.statistics import format_statistics, plot_statistics, synthetic_assignment_statistics
+from kldet.analysis.assignment import format_statistics, plot_statistics, synthetic_assignment_statistics
 
 
 def main() -> None:

@@ -32,9 +32,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import box_iou
 
+from kldet.analysis.assignment import INITIAL_LOGIT
 from kldet.assign import alitsm_assign, log_stage1_metric, receptive_field_priors, stage2_metric
 from kldet.assign.reference import row_topk
-from kldet.assign.statistics import INITIAL_LOGIT
 from kldet.boxes import kld, kld_similarity, shrink_boxes
 
 NUM_CLASSES = 8

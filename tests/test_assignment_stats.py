@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from kldet.assign.statistics import (
+from kldet.analysis.assignment import (
     INITIAL_LOGIT,
     compare_assigners,
     format_statistics,

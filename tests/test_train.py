@@ -11,8 +11,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from kldet.cli.evaluate import main as kldet_eval
 from kldet.cli.train import build_datamodule, build_module, build_trainer, train
-from kldet.lit import NonFiniteLossError, lr_factor
+from kldet.lit import NonFiniteLossError
 from kldet.model import KLDet
+from kldet.optim import lr_factor
 from training import TINY, TINY_DATA, Probe, kldet_train, tiny_config
 
 pytestmark = pytest.mark.usefixtures("quiet_single_thread")

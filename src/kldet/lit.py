@@ -1,8 +1,8 @@
 """KLDetModule: the LightningModule that trains and evaluates a :class:`kldet.model.KLDet`.
 
 Lightning owns devices, DDP, AMP, gradient clipping, checkpoints and loggers; this module owns the
-steps, the SGD parameter groups and the warm-up + multi-step learning-rate schedule of
-``KLDET_SPEC.md`` section 6.
+steps and builds the SGD optimiser and the warm-up + multi-step learning-rate schedule of
+``KLDET_SPEC.md`` section 6 from :mod:`kldet.optim`.
 """
 
 from __future__ import annotations
@@ -19,155 +19,25 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from torch import Tensor, nn
+from torch import Tensor
 
 from kldet.checkpoint import load_detector
 from kldet.data.transforms import recorded_resize_policy
 from kldet.errors import KLDetConfigError, KLDetError
 from kldet.evaluation import LRP_KEYS, DetectionMetric
-from kldet.inference.render import draw_detections
+from kldet.inference.render import draw_validation_image
 from kldet.model import InputNormalization, KLDet
+from kldet.optim import DEFAULT_OPTIM, WARMUP_KINDS, lr_factor, param_groups, scaled_lr
 
 log = logging.getLogger(__name__)
-
-# Spec section 6: SGD lr 0.0025 at batch 2, momentum 0.9, weight decay 1e-4, biases 2x lr and no
-# decay, constant warm-up 1/3 for 10,000 iterations, x0.1 after epochs 8 and 11.
-DEFAULT_OPTIM: dict[str, Any] = {
-    "lr": 0.0025,
-    "momentum": 0.9,
-    "weight_decay": 1e-4,
-    "bias_lr_factor": 2.0,
-    "bias_weight_decay": 0.0,
-    "norm_weight_decay": 0.0,
-    "warmup": "constant",
-    "warmup_steps": 10000,
-    "warmup_factor": 1.0 / 3.0,
-    "milestones": [8, 11],
-    "gamma": 0.1,
-    "auto_scale_lr": False,
-    "base_batch_size": 2,
-}
-
-log = logging.getLogger(__name__)
-
-WARMUP_KINDS = ("constant", "linear", "none")
-_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
 class NonFiniteLossError(KLDetError):
     """The training loss became NaN or infinite; the message names the step and the images."""
-
-
-def param_groups(
-    module: nn.Module,
-    lr: float,
-    weight_decay: float,
-    bias_lr_factor: float = 2.0,
-    bias_weight_decay: float = 0.0,
-    norm_weight_decay: float = 0.0,
-) -> list[dict[str, Any]]:
-    """Split trainable parameters into SGD groups "weight", "bias" and "norm".
-
-    Weights of normalisation layers (BatchNorm, GroupNorm, LayerNorm) and their biases go to "norm"
-    (lr, ``norm_weight_decay``); the other biases to "bias" (``lr * bias_lr_factor``,
-    ``bias_weight_decay``); everything else to "weight" (lr, ``weight_decay``). Frozen parameters
-    are left out; empty groups are dropped. Each group carries its "name".
-    """
-    groups: dict[str, dict[str, Any]] = {
-        "weight": {"name": "weight", "params": [], "lr": lr, "weight_decay": weight_decay},
-        "bias": {"name": "bias", "params": [], "lr": lr * bias_lr_factor, "weight_decay": bias_weight_decay},
-        "norm": {"name": "norm", "params": [], "lr": lr, "weight_decay": norm_weight_decay},
-    }
-    for submodule in module.modules():
-        for param_name, param in submodule.named_parameters(recurse=False):
-            if not param.requires_grad:
-                continue
-            if isinstance(submodule, _NORM_TYPES):
-                groups["norm"]["params"].append(param)
-            elif param_name == "bias":
-                groups["bias"]["params"].append(param)
-            else:
-                groups["weight"]["params"].append(param)
-    return [group for group in groups.values() if group["params"]]
-
-
-def lr_factor(
-    step: int,
-    *,
-    steps_per_epoch: int,
-    milestones: Sequence[int] = (8, 11),
-    gamma: float = 0.1,
-    warmup: str = "constant",
-    warmup_steps: int = 10000,
-    warmup_factor: float = 1.0 / 3.0,
-) -> float:
-    """Learning-rate multiplier for the optimiser update with 0-based index ``step``.
-
-    ``gamma ** (number of milestones <= epoch)`` with ``epoch = step // steps_per_epoch`` (so
-    milestone 8 means "after 8 epochs"), times the warm-up factor while ``step < warmup_steps``:
-    ``warmup_factor`` ("constant") or ``1 - (1 - step / warmup_steps) * (1 - warmup_factor)``
-    ("linear", MMDetection's rule), 1 for "none".
-    """
-    epoch = step // steps_per_epoch
-    factor = gamma ** sum(epoch >= milestone for milestone in milestones)
-    if step < warmup_steps:
-        if warmup == "constant":
-            factor *= warmup_factor
-        elif warmup == "linear":
-            factor *= 1.0 - (1.0 - step / warmup_steps) * (1.0 - warmup_factor)
-    return factor
-
-
-def scaled_lr(lr: float, base_batch_size: int, total_batch_size: int) -> float:
-    """Linear scaling rule: ``lr`` is right for ``base_batch_size`` images per update."""
-    return lr * total_batch_size / base_batch_size
-
-
-def draw_validation_image(
-    image: Tensor,
-    target: Mapping[str, Any],
-    prediction: Mapping[str, Tensor],
-    classes: Sequence[str],
-    normalization: InputNormalization = InputNormalization(),
-    score_thresh: float = 0.3,
-) -> Tensor:
-    """Ground truth (left) and detections scoring at least ``score_thresh`` (right), side by side.
-
-    Args:
-        image: (3, H, W) padded model input, normalised as ``normalization`` says.
-        target: the data set's target: "size" (h, w) before padding, "scale" (sx, sy), "gt_boxes" (G, 4),
-            "gt_labels" (G,) in original pixels and optionally "gt_ignore" (G,) (ignored boxes are not drawn).
-        prediction: "boxes" (K, 4) in original pixels, "scores" (K,), "labels" (K,).
-
-    Returns:
-        (3, h, 2 * w) uint8, the un-padded resized image twice.
-    """
-    height, width = (int(v) for v in target["size"])
-    scale_x, scale_y = (float(v) for v in target["scale"])
-    to_resized = torch.tensor([scale_x, scale_y, scale_x, scale_y])
-    pixels = normalization.denormalize(image[:, :height, :width].detach().float().cpu())
-    pixels = pixels.clamp(0, 255).to(torch.uint8)
-    pixels = pixels.permute(1, 2, 0).numpy()
-    gt_boxes = torch.as_tensor(target["gt_boxes"]).float().cpu().reshape(-1, 4)
-    shown = ~torch.as_tensor(target.get("gt_ignore", torch.zeros(len(gt_boxes), dtype=torch.bool))).cpu()
-    truth = {
-        "boxes": gt_boxes[shown] * to_resized,
-        "scores": torch.ones(int(shown.sum())),
-        "labels": torch.as_tensor(target["gt_labels"]).long().cpu().reshape(-1)[shown],
-    }
-    keep = prediction["scores"].detach().cpu() >= score_thresh
-    detected = {
-        "boxes": prediction["boxes"].detach().float().cpu()[keep] * to_resized,
-        "scores": prediction["scores"].detach().float().cpu()[keep],
-        "labels": prediction["labels"].detach().cpu()[keep],
-    }
-    panels = [draw_detections(pixels, boxes, classes, show_labels=False) for boxes in (truth, detected)]
-    return torch.from_numpy(np.concatenate(panels, axis=1)).permute(2, 0, 1)
 
 
 def _with_resize_policy(preprocess: dict[str, Any]) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 Which keys a group takes, and their types, come from what the group configures, read with
 :mod:`inspect`: ``data`` and every ``callbacks.*`` / ``logger.*`` entry from their ``_target_``, ``model``
 from :class:`kldet.model.KLDet`, ``module`` from :class:`kldet.lit.KLDetModule`, ``trainer`` from
-:class:`lightning.Trainer`, ``optim`` from :data:`kldet.lit.DEFAULT_OPTIM`, ``synthetic`` from
+:class:`lightning.Trainer`, ``optim`` from :data:`kldet.optim.DEFAULT_OPTIM`, ``synthetic`` from
 :func:`kldet.data.synthetic.generate`. A keyword added to one of those is accepted and type-checked
 without changing this module; :data:`RANGES` and :data:`CHOICES` add the allowed values of the
 numeric and named keys. Every problem is one :class:`~kldet.errors.KLDetConfigError` line naming the
@@ -32,12 +32,13 @@ from kldet.data.synthetic import generate
 from kldet.datamodule import FORMATS
 from kldet.errors import KLDetConfigError
 from kldet.evaluation import METRIC_KINDS
-from kldet.lit import DEFAULT_OPTIM, WARMUP_KINDS, KLDetModule
+from kldet.lit import KLDetModule
 from kldet.model import KLDet
 from kldet.model.backbone import NORM_LAYERS, RESNETS, STYLES
 from kldet.model.detector import ASSIGNERS
 from kldet.model.head import HEAD_NORMS
 from kldet.model.postprocess import CANDIDATE_RULES
+from kldet.optim import DEFAULT_OPTIM, WARMUP_KINDS
 
 # Hydra's instantiate keys, not arguments of the target.
 HYDRA_KEYS = frozenset({"_target_", "_partial_", "_recursive_", "_convert_", "_args_"})

@@ -6,16 +6,19 @@ scenes without hiding the object.
 """
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 import torch
+from torch import Tensor
 from torchvision.utils import draw_bounding_boxes
 
 from kldet.errors import KLDetError
 from kldet.inference.types import Detections
+from kldet.model import InputNormalization
 
 # matplotlib's tab10 then the light half of tab20: distinct on aerial imagery; classes beyond 20 wrap.
 PALETTE = (
@@ -80,6 +83,48 @@ def draw_detections(
             label_background_colors=colors,
         )
     return drawn.permute(1, 2, 0).numpy()
+
+
+def draw_validation_image(
+    image: Tensor,
+    target: Mapping[str, Any],
+    prediction: Mapping[str, Tensor],
+    classes: Sequence[str],
+    normalization: InputNormalization = InputNormalization(),
+    score_thresh: float = 0.3,
+) -> Tensor:
+    """Ground truth (left) and detections scoring at least ``score_thresh`` (right), side by side.
+
+    Args:
+        image: (3, H, W) padded model input, normalised as ``normalization`` says.
+        target: the data set's target: "size" (h, w) before padding, "scale" (sx, sy), "gt_boxes" (G, 4),
+            "gt_labels" (G,) in original pixels and optionally "gt_ignore" (G,) (ignored boxes are not drawn).
+        prediction: "boxes" (K, 4) in original pixels, "scores" (K,), "labels" (K,).
+
+    Returns:
+        (3, h, 2 * w) uint8, the un-padded resized image twice.
+    """
+    height, width = (int(v) for v in target["size"])
+    scale_x, scale_y = (float(v) for v in target["scale"])
+    to_resized = torch.tensor([scale_x, scale_y, scale_x, scale_y])
+    pixels = normalization.denormalize(image[:, :height, :width].detach().float().cpu())
+    pixels = pixels.clamp(0, 255).to(torch.uint8)
+    pixels = pixels.permute(1, 2, 0).numpy()
+    gt_boxes = torch.as_tensor(target["gt_boxes"]).float().cpu().reshape(-1, 4)
+    shown = ~torch.as_tensor(target.get("gt_ignore", torch.zeros(len(gt_boxes), dtype=torch.bool))).cpu()
+    truth = {
+        "boxes": gt_boxes[shown] * to_resized,
+        "scores": torch.ones(int(shown.sum())),
+        "labels": torch.as_tensor(target["gt_labels"]).long().cpu().reshape(-1)[shown],
+    }
+    keep = prediction["scores"].detach().cpu() >= score_thresh
+    detected = {
+        "boxes": prediction["boxes"].detach().float().cpu()[keep] * to_resized,
+        "scores": prediction["scores"].detach().float().cpu()[keep],
+        "labels": prediction["labels"].detach().cpu()[keep],
+    }
+    panels = [draw_detections(pixels, boxes, classes, show_labels=False) for boxes in (truth, detected)]
+    return torch.from_numpy(np.concatenate(panels, axis=1)).permute(2, 0, 1)
 
 
 def save_image(path: str | os.PathLike, image: np.ndarray) -> None:

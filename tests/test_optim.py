@@ -1,4 +1,4 @@
-"""Optimiser groups, warm-up + step schedule and lr scaling of kldet.lit against hand-computed values."""
+"""Optimiser groups, warm-up + step schedule and lr scaling of kldet.optim against hand-computed values."""
 
 import functools
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from kldet.lit import lr_factor, param_groups, scaled_lr
+from kldet.optim import lr_factor, param_groups, scaled_lr
 
 
 class Toy(nn.Module):

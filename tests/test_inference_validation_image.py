@@ -3,8 +3,7 @@
 import torch
 
 from kldet.data import IMAGENET_MEAN, IMAGENET_STD
-from kldet.inference.render import PALETTE
-from kldet.lit import draw_validation_image
+from kldet.inference.render import PALETTE, draw_validation_image
 
 MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
 STD = torch.tensor(IMAGENET_STD).view(3, 1, 1)

@@ -31,15 +31,17 @@ def test_check_a_good_set_prints_the_summary_and_exits_0(synthetic_root, capsys)
 def test_check_lists_every_problem_and_exits_1(synthetic_root, tmp_path, capsys):
     data = json.loads((synthetic_root / "annotations" / "train.json").read_text())
     data["images"][0]["file_name"] = "missing.png"
-    data["annotations"][-1]["bbox"][2] = 0
+    data["annotations"][-1]["bbox"][2] = -1
     data["annotations"][-2]["category_id"] = 99
+    data["annotations"][-3]["bbox"][3] = 0  # not a problem: evaluation counts it, training cannot use it
     ann = tmp_path / "bad.json"
     ann.write_text(json.dumps(data))
     assert main(["check", "format=aitod", f"ann={ann}", f"images={synthetic_root / 'train'}"]) == 1
     out = capsys.readouterr().out
     assert "3 problem(s)" in out
     assert "[missing_image]" in out and "missing.png not found" in out
-    assert "[invalid_box]" in out and "has zero width" in out
+    assert "[invalid_box]" in out and "has negative width" in out
+    assert "boxes of zero size or outside their image: 1 (no training targets" in out
     assert "[unknown_class]" in out and "category_id 99" in out
     assert f"images: {len(data['images']) - 1}" in out  # the good images are still described
 

@@ -195,9 +195,7 @@ CASES = [
     (_duplicate_image, "duplicate_id", ["image id 7", "occurs 2 times"], 0, 0),
     (_unknown_category, "unknown_class", ["image id 7 (a.png), annotation id 2", "category_id 42"], 2, 1),
     (_unmatched_category, "unknown_class", ["annotation id 2", "category_id 8 ('tree')", "wind-mill"], 2, 1),
-    (_zero_width, "invalid_box", ["annotation id 1", "bbox [10, 5, 0, 3] (xywh) has zero width"], 2, 1),
     (_negative_height, "invalid_box", ["annotation id 1", "has negative height"], 2, 1),
-    (_outside, "box_outside_image", ["annotation id 1", "lies outside the 64x48 image"], 2, 1),
     (_malformed_bbox, "malformed_annotation", ["annotation id 1", "is not four finite numbers"], 2, 1),
     # A COCO number is finite and not a bool (one rule for the data reader and kldet-eval).
     (_nan_bbox, "malformed_annotation", ["annotation id 1", "[10, 5, nan, 3] is not four finite"], 2, 1),
@@ -235,9 +233,7 @@ def test_bad_coco_input(coco_root, caplog, mutate, kind, words, images_left, box
     [
         _duplicate_image,
         _unknown_category,
-        _zero_width,
         _negative_height,
-        _outside,
         _malformed_bbox,
         _duplicate_annotation,
         _unknown_image,
@@ -276,9 +272,24 @@ def test_evaluation_ground_truth_needs_no_images_nor_file_names(tmp_path):
     ]
 
 
+@pytest.mark.parametrize("mutate", [_zero_width, _outside])
+def test_zero_size_and_outside_boxes_are_evaluation_ground_truth_only(coco_root, mutate):
+    # As the official evaluation: an object nothing can match still counts (spec section 7); training
+    # cannot use it. Not a problem: strict loading reads the file.
+    data = copy.deepcopy(coco_dict())
+    mutate(data, coco_root)
+    x, y, w, h = data["annotations"][0]["bbox"]
+    dataset = read_coco(write_json(coco_root, data), coco_root / "images")
+    assert not dataset.problems and dataset.evaluation_only_boxes == 1
+    record = next(r for r in dataset.records if r.image_id == data["annotations"][0]["image_id"])
+    assert [x, y, x + w, y + h] in record.gt_boxes.tolist()
+    assert [x, y, x + w, y + h] not in record.boxes.tolist()
+    assert len(record.gt_boxes) == len(record.boxes) + 1
+
+
 def test_strict_error_names_the_first_problem_and_counts_the_rest(coco_root):
     data = coco_dict()
-    _zero_width(data, coco_root)
+    _negative_height(data, coco_root)
     _unknown_category(data, coco_root)
     _missing(data, coco_root)
     with pytest.raises(KLDetDataError, match=r"gone.png not found\n\(2 more problems"):

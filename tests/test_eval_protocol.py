@@ -45,7 +45,8 @@ def protocol_case(seed: int = 0) -> tuple[dict, dict[int, dict]]:
     rounding of the results writer changes nothing. ``area`` is w * h times a factor in [0.25, 4], so many
     objects fall into another AI-TOD size range than their box; every third image has a crowd box (with
     detections of its class and of another class on it); some objects carry ``ignore: 1`` (evaluation
-    counts them, as pycocotools does); image 5 has no annotations but detections, image 6 nothing at all.
+    counts them, as pycocotools does); image 5 has no annotations but detections, image 6 nothing at all;
+    a zero-width box and a box outside its image are objects nothing can match.
     """
     rng = np.random.default_rng(seed)
     images, annotations, detections = [], [], {}
@@ -97,6 +98,26 @@ def protocol_case(seed: int = 0) -> tuple[dict, dict[int, dict]]:
             "boxes": torch.tensor(np.reshape(boxes, (-1, 4)), dtype=torch.float32),
             "labels": torch.tensor(box_labels, dtype=torch.long),
         }
+    # A zero-width box and one wholly outside its image: objects no detection can match, which the official
+    # evaluation counts (training cannot use them).
+    annotations.append(
+        {
+            "image_id": 40,
+            "category_id": CATEGORY_IDS[0],
+            "bbox": [10.0, 10.0, 0.0, 5.0],
+            "area": 0.0,
+            "iscrowd": 0,
+        }
+    )
+    annotations.append(
+        {
+            "image_id": 43,
+            "category_id": CATEGORY_IDS[1],
+            "bbox": [120.0, 30.0, 8.0, 8.0],
+            "area": 64.0,
+            "iscrowd": 0,
+        }
+    )
     # Scores: distinct over the whole set, in a random order.
     total = sum(len(d["labels"]) for d in detections.values())
     scores = iter((rng.permutation(total) + 1) / 1000)
@@ -156,6 +177,9 @@ def test_training_metric_equals_results_mode_and_pycocotools(tmp_path, seed):
     ann_file.write_text(json.dumps(ground_truth))
     write_images(tmp_path / "images", [image["file_name"] for image in ground_truth["images"]])
 
+    read = read_coco(ann_file, tmp_path / "images")  # strict: the two unmatchable boxes are no problem
+    assert read.evaluation_only_boxes == 2 and not read.problems
+    assert sum(len(r.gt_boxes) for r in read.records) == len(ground_truth["annotations"])
     trained = training_metric(ann_file, tmp_path / "images", detections)
     results_file = write_results(tmp_path / "results.json", ground_truth, detections)
     out = tmp_path / "metrics.json"

@@ -138,6 +138,12 @@ def _print_summary(dataset: DetectionSet, console: Console) -> None:
         f"images: {summary.images} ({summary.empty_images} without objects)   objects: {summary.objects}   "
         f"ignored boxes: {summary.ignored}   boxes clipped to their image: {dataset.clipped_boxes}"
     )
+    if dataset.evaluation_only_boxes:
+        console.print(
+            f"boxes of zero size or outside their image: {dataset.evaluation_only_boxes} (no training targets; "
+            "evaluation counts them as objects, as the official COCO / AI-TOD evaluation does)",
+            style="yellow",
+        )
     if summary.objects:
         console.print(
             f"object size sqrt(area): mean {summary.mean_size:.1f} px, median {summary.median_size:.1f} px"

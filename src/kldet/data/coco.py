@@ -38,8 +38,9 @@ def read_coco(
 
     Training targets (``Record.boxes``) leave out what the authors' loader (MMDetection's
     ``CocoDataset``) leaves out: crowd annotations (``iscrowd: 1``), annotations marked ``ignore: 1`` (as
-    some AI-TOD files write), boxes narrower or lower than 1 px and boxes whose ``area`` is <= 0. The
-    evaluation ground truth (``Record.gt_*``) keeps every annotation as written, as pycocotools and the
+    some AI-TOD files write), boxes narrower or lower than 1 px, boxes whose ``area`` is <= 0, and boxes
+    of zero width or height or wholly outside the image (counted in ``evaluation_only_boxes``, not
+    problems). The evaluation ground truth (``Record.gt_*``) keeps every annotation as written, as pycocotools and the
     AI-TOD cocoapi do: the unclipped box, the ``area`` field, ``iscrowd`` as the ignore flag (``ignore``
     does not count there). A file that numbers an annotation 0 gets a warning (pycocotools cannot
     match such an object; kldet's evaluation can). Images are checked by header (``decode`` also
@@ -156,9 +157,15 @@ def read_coco(
         x, y, w, h = (float(v) for v in bbox)
         written = f"bbox {bbox} (xywh)"
         bounds = (image.width or math.inf, image.height or math.inf)  # 0: no declared size
-        box = check_box(log, ann_file, record, (x, y, x + w, y + h), *bounds, written)
-        if box is None:
-            continue
+        if w >= 0 and h >= 0 and not _covers_pixels(x, y, w, h, *bounds):
+            # Zero-size or wholly outside: no target for training, but a ground truth the official
+            # evaluation counts (it can never be matched), so evaluation counts it too (spec section 7).
+            log.evaluation_only_boxes += 1
+            box = None
+        else:
+            box = check_box(log, ann_file, record, (x, y, x + w, y + h), *bounds, written)
+            if box is None:
+                continue
         area = w * h if area is None else float(area)
         crowd = bool(annotation.get("iscrowd"))
         # Evaluation scores every annotation as the file writes it, as pycocotools does (which takes
@@ -168,7 +175,7 @@ def read_coco(
         gt_areas[image_id].append(area)
         gt_ignore[image_id].append(crowd)
         # Training drops what the authors' MMDetection loader drops.
-        if not (crowd or annotation.get("ignore")) and w >= 1 and h >= 1 and area > 0:
+        if box is not None and not (crowd or annotation.get("ignore")) and w >= 1 and h >= 1 and area > 0:
             boxes[image_id].append(box)
             labels[image_id].append(label_of[category_id])
 
@@ -291,3 +298,8 @@ def _categories(categories: list, path: Path, classes: Sequence[str] | None):
     for category_id, label in label_of.items():
         category_ids[label] = category_id
     return list(classes), category_ids, label_of, names
+
+
+def _covers_pixels(x: float, y: float, w: float, h: float, width: float, height: float) -> bool:
+    """Whether the ``[x, y, w, h]`` box has a part of positive area inside a ``width`` x ``height`` image."""
+    return min(x + w, width) > max(x, 0.0) and min(y + h, height) > max(y, 0.0)

@@ -140,6 +140,8 @@ class DetectionSet:
         source: the annotation file or data set root that was read.
         problems: everything found wrong (empty after a strict read).
         clipped_boxes: boxes that reached outside their image and were clipped to it.
+        evaluation_only_boxes: COCO boxes of zero width or height, or wholly outside their image: ground
+            truth in evaluation (as pycocotools and the AI-TOD cocoapi count them), no training target.
     """
 
     records: list[Record]
@@ -148,6 +150,7 @@ class DetectionSet:
     source: Path
     problems: list[Problem] = field(default_factory=list)
     clipped_boxes: int = 0
+    evaluation_only_boxes: int = 0
 
 
 class ProblemLog:
@@ -157,6 +160,7 @@ class ProblemLog:
         self.source = source
         self.problems: list[Problem] = []
         self.clipped_boxes = 0
+        self.evaluation_only_boxes = 0
 
     def add(self, kind: str, file: Path, record: str, message: str, skips: str) -> None:
         """Notes a problem; ``skips`` says what lenient loading drops for it: "image" or "annotation"."""
@@ -191,7 +195,13 @@ class ProblemLog:
     ) -> DetectionSet:
         """The :class:`DetectionSet` of ``records`` with this log's problems."""
         return DetectionSet(
-            records, list(classes), list(category_ids), self.source, self.problems, self.clipped_boxes
+            records,
+            list(classes),
+            list(category_ids),
+            self.source,
+            self.problems,
+            self.clipped_boxes,
+            self.evaluation_only_boxes,
         )
 
 

@@ -20,7 +20,7 @@ AITOD_CLASSES = (
     "wind-mill",
 )
 
-# Releases and code bases name the files differently (the README's table lists the names in order):
+# Releases and code bases name the files differently (docs/data.md's table lists the names in order):
 # the KLDet configs say aitod_{trainval,test}_v1_1.0.json, an unused base config of theirs
 # aitod_{training,validation}_v1.0.json, the v1 release aitod_<split>_v1.json, the RFLA code base
 # aitod_{training,validation}_v1.json (images still in trainval/ and test/), v2 aitodv2_<split>.json,

@@ -241,15 +241,14 @@ def test_kldet_predict_on_a_folder(checkpoint, tmp_path, capsys):
     assert {r["image_id"] for r in json.loads((tmp_path / "out2" / "results.json").read_text())} <= {40, 41}
 
 
+def quiet_args(checkpoint, folder) -> list[str]:
+    """kldet-predict on ``folder`` with small tiles, no rendering and no progress bar (``out=`` to add)."""
+    return [f"ckpt={checkpoint}", f"input={folder}", "tile_size=96", "render=false", "progress=false"]
+
+
 def test_kldet_predict_takes_the_former_output_key_with_a_deprecation_note(checkpoint, tmp_path, capsys):
     write_images(tmp_path / "in")
-    args = [
-        f"ckpt={checkpoint}",
-        f"input={tmp_path / 'in'}",
-        "tile_size=96",
-        "render=false",
-        "progress=false",
-    ]
+    args = quiet_args(checkpoint, tmp_path / "in")
     assert predict_main([*args, f"out={tmp_path / 'new'}"]) == 0
     capsys.readouterr()
     assert predict_main([*args, f"output={tmp_path / 'old'}"]) == 0
@@ -280,13 +279,7 @@ def test_kldet_predict_bad_arguments_are_one_line_errors(args, message, capsys):
 
 def test_kldet_predict_candidates_is_passed_on_and_checked(checkpoint, tmp_path, capsys):
     write_images(tmp_path / "in")
-    args = [
-        f"ckpt={checkpoint}",
-        f"input={tmp_path / 'in'}",
-        "tile_size=96",
-        "render=false",
-        "progress=false",
-    ]
+    args = quiet_args(checkpoint, tmp_path / "in")
     outputs = {}
     for rule in ("points", "pairs"):
         assert predict_main([*args, f"out={tmp_path / rule}", f"candidates={rule}"]) == 0

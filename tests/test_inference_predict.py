@@ -479,3 +479,20 @@ def test_kldet_predict_names_a_truncated_image_in_one_line(checkpoint, tmp_path,
     err = capsys.readouterr().err
     assert f"kldet-predict: error: image file {scene} cannot be decoded: truncated" in err
     assert "Traceback" not in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [(None, "annotation file not found"), ("{", "not valid JSON"), ("[]", "images list")],
+)
+def test_kldet_predict_bad_coco_gt_is_one_line_naming_the_file(checkpoint, tmp_path, capsys, content, words):
+    write_images(tmp_path / "in")
+    gt = tmp_path / "gt.json"
+    if content is not None:
+        gt.write_text(content)
+    assert (
+        predict_main([*quiet_args(checkpoint, tmp_path / "in"), f"coco_gt={gt}", f"out={tmp_path / 'o'}"])
+        == 1
+    )
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(gt) in err and words in err and "Traceback" not in err

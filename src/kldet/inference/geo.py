@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from kldet.errors import KLDetConfigError, KLDetDataError
+from kldet.inference.results import SCORE_DECIMALS, coco_box
 from kldet.inference.types import Detections
 
 
@@ -116,8 +117,8 @@ def detections_to_geojson(
                     "file_name": file_name,
                     "category_id": int(category_ids[label]),
                     "category_name": classes[label],
-                    "score": round(score, 5),
-                    "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
+                    "score": round(score, SCORE_DECIMALS),
+                    "bbox": coco_box(x0, y0, x1, y1),
                 },
             }
         )

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from kldet.checkpoint import load_detector
+from kldet.data.dataset import padded_size
 from kldet.data.transforms import recorded_resize_policy, resized_size
 from kldet.errors import KLDetConfigError
 from kldet.inference.sliced import sliced_predict, tile_count
@@ -145,9 +146,7 @@ class Predictor:
         (channels reordered to its ``channel_order``), zero-padded to a multiple of ``size_divisor``, and
         each tile's (h_i, w_i)."""
         sizes = [(tile.shape[0], tile.shape[1]) for tile in tiles]
-        divisor = self.size_divisor
-        height = -(-max(h for h, _ in sizes) // divisor) * divisor
-        width = -(-max(w for _, w in sizes) // divisor) * divisor
+        height, width = padded_size(sizes, self.size_divisor)
         batch = torch.zeros(len(tiles), 3, height, width, device=self.device)
         for image, tile, (h, w) in zip(batch, tiles, sizes, strict=True):
             # Copy as uint8, normalise on the device: 4x less to transfer than float.

@@ -11,8 +11,17 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from kldet.data.records import read_json
 from kldet.errors import KLDetDataError
 from kldet.inference.types import Detections
+
+#: Results files keep scores to this many decimals (boxes: 0.01 px, :func:`coco_box`).
+SCORE_DECIMALS = 5
+
+
+def coco_box(x0: float, y0: float, x1: float, y1: float) -> list[float]:
+    """The ``xyxy`` box as COCO's ``[x, y, width, height]``, rounded to 0.01 px as results files store it."""
+    return [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)]
 
 
 def detections_to_coco(
@@ -43,8 +52,8 @@ def detections_to_coco(
                 "file_name": file_name,
                 "category_id": int(category_ids[label]),
                 "category_name": classes[label],
-                "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
-                "score": round(score, 5),
+                "bbox": coco_box(x0, y0, x1, y1),
+                "score": round(score, SCORE_DECIMALS),
             }
         )
     return records
@@ -77,10 +86,10 @@ def write_results(
 
 def image_ids_from_coco(ann_file: str | os.PathLike) -> dict[str, int]:
     """``file_name -> id`` of a COCO annotation file's images, to write results that match it."""
+    data = read_json(ann_file)
     try:
-        images = json.loads(Path(ann_file).read_text())["images"]
-        return {image["file_name"]: int(image["id"]) for image in images}
-    except (OSError, ValueError, KeyError, TypeError) as error:
+        return {image["file_name"]: int(image["id"]) for image in data["images"]}
+    except (ValueError, KeyError, TypeError) as error:
         raise KLDetDataError(
             f"{ann_file}: not a COCO annotation file with an images list ({error!r})"
         ) from error

@@ -120,11 +120,16 @@ class KLDetModule(L.LightningModule):
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | os.PathLike, map_location: str | torch.device = "cpu", metric: str | None = None
+        cls,
+        path: str | os.PathLike,
+        map_location: str | torch.device = "cpu",
+        metric: str | None = None,
+        overrides: Mapping[str, Any] | None = None,
     ) -> KLDetModule:
         """The module of a kldet-train checkpoint, read with :func:`kldet.checkpoint.load_detector` (so no
-        pretrained backbone file is needed); ``metric`` replaces the evaluation kind it was trained with."""
-        detector, meta = load_detector(path, map_location)
+        pretrained backbone file is needed); ``metric`` replaces the evaluation kind it was trained with,
+        ``overrides`` KLDet keywords (e.g. post-processing settings) as in ``load_detector``."""
+        detector, meta = load_detector(path, map_location, overrides=dict(overrides or {}))
         hyper_parameters = meta["hyper_parameters"]  # the optimiser settings and metric kind
         with warnings.catch_warnings():
             # The detector built here is replaced by the loaded one at once.

@@ -105,8 +105,8 @@ def postprocess_overrides(cfg: DictConfig, overrides: list[str]) -> dict[str, ob
     comes from the checkpoint): ``{key: value}`` with the composed, validated values."""
     from kldet.model.postprocess import POSTPROCESS_KEYS
 
-    given = [arg.split("=", 1)[0].lstrip("+~").removeprefix("model.") for arg in overrides]
-    given = [key for key, arg in zip(given, overrides, strict=True) if arg.lstrip("+~").startswith("model.")]
+    keys = (arg.split("=", 1)[0].lstrip("+~") for arg in overrides)
+    given = [key.removeprefix("model.") for key in keys if key.startswith("model.")]
     for key in given:
         if key not in POSTPROCESS_KEYS:
             raise KLDetConfigError(
@@ -128,8 +128,7 @@ def evaluate_checkpoint(cfg: DictConfig, overrides: list[str] = ()) -> dict[str,
 
     ckpt = Path(cfg.ckpt)
     postprocess = postprocess_overrides(cfg, list(overrides))
-    module = KLDetModule.from_checkpoint(ckpt, metric=cfg.module.metric)
-    module.model.postprocess_options.update(postprocess)
+    module = KLDetModule.from_checkpoint(ckpt, metric=cfg.module.metric, overrides=postprocess)
     # The images are normalised as in training (the checkpoint's channel order, mean and std), whatever
     # model the configuration names.
     datamodule = build_datamodule(cfg, normalization=module.normalization.as_preprocess())

@@ -15,7 +15,7 @@ import torch
 
 from kldet.cli.evaluate import checkpoint_config
 from kldet.cli.train import build_datamodule
-from kldet.evaluation import DetectionMetric
+from kldet.evaluation import DetectionMetric, sample_ground_truth
 from kldet.lit import KLDetModule
 from kldet.model.postprocess import CANDIDATE_RULES
 
@@ -25,10 +25,12 @@ KEYS = ("AP", "AP50", "AP_vt", "AP_t", "AR@1500", "oLRP")
 def main(argv: list[str]) -> None:
     ckpt, overrides = argv[0], argv[1:]
     cfg = checkpoint_config([f"ckpt={ckpt}", *overrides])
-    datamodule = build_datamodule(cfg)
+    module = KLDetModule.from_checkpoint(ckpt)
+    # Normalised as in training (the checkpoint's channel order, mean and std), as kldet-eval does.
+    datamodule = build_datamodule(cfg, normalization=module.normalization.as_preprocess())
     datamodule.setup("validate" if cfg.split == "val" else "test")
     loader = datamodule.val_dataloader() if cfg.split == "val" else datamodule.test_dataloader()
-    model = KLDetModule.from_checkpoint(ckpt).model.eval()
+    model = module.model.eval()
     metrics = {rule: DetectionMetric("aitod", datamodule.classes) for rule in CANDIDATE_RULES}
     counts = dict.fromkeys(CANDIDATE_RULES, 0)
     with torch.no_grad():
@@ -36,15 +38,7 @@ def main(argv: list[str]) -> None:
             maps = model(images)
             sizes = [tuple(t["size"]) for t in targets]
             scales = [tuple(t["scale"]) for t in targets]
-            truth = [
-                {
-                    "boxes": t["gt_boxes"],
-                    "labels": t["gt_labels"],
-                    "ignored": t["gt_ignored"],
-                    "image_id": t["image_id"],
-                }
-                for t in targets
-            ]
+            truth = [sample_ground_truth(t) for t in targets]
             for rule in CANDIDATE_RULES:
                 model.postprocess_options["candidates"] = rule
                 predictions = model.postprocess(*maps, tuple(images.shape[-2:]), sizes, scales)

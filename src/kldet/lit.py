@@ -28,7 +28,7 @@ from torch import Tensor
 from kldet.checkpoint import load_detector
 from kldet.data.transforms import recorded_resize_policy
 from kldet.errors import KLDetConfigError, KLDetError
-from kldet.evaluation import LRP_KEYS, DetectionMetric
+from kldet.evaluation import LRP_KEYS, DetectionMetric, sample_ground_truth
 from kldet.inference.render import draw_validation_image
 from kldet.model import InputNormalization, KLDet
 from kldet.optim import DEFAULT_OPTIM, WARMUP_KINDS, lr_factor, param_groups, scaled_lr
@@ -185,19 +185,7 @@ class KLDetModule(L.LightningModule):
         self, metric: DetectionMetric, images: Tensor, targets: Sequence[Mapping[str, Any]]
     ) -> list[dict[str, Tensor]]:
         predictions = self._predict(images, targets)
-        metric.update(
-            predictions,
-            [
-                {
-                    "boxes": t["gt_boxes"],
-                    "labels": t["gt_labels"],
-                    "areas": t["gt_areas"],
-                    "ignore": t["gt_ignore"],
-                    "image_id": t["image_id"],
-                }
-                for t in targets
-            ],
-        )
+        metric.update(predictions, [sample_ground_truth(t) for t in targets])
         return predictions
 
     def validation_step(self, batch: tuple[Tensor, list[dict[str, Any]]], batch_idx: int) -> None:

@@ -16,7 +16,7 @@ from kldet.evaluation.coco_json import read_coco_ground_truth, read_coco_results
 from kldet.evaluation.evaluate import METRIC_KINDS, evaluate_detections, evaluate_results_file
 from kldet.evaluation.inputs import EvaluationSet
 from kldet.evaluation.lrp import LRP_KEYS, OptimalLRP, optimal_lrp
-from kldet.evaluation.metric import DetectionMetric
+from kldet.evaluation.metric import DetectionMetric, sample_ground_truth
 from kldet.evaluation.table import format_table
 from kldet.evaluation.voc import evaluate_voc, voc_average_precision
 
@@ -29,6 +29,7 @@ __all__ = [
     "CocoDetections",
     "CocoProtocol",
     "DetectionMetric",
+    "sample_ground_truth",
     "EvaluationSet",
     "OptimalLRP",
     "configure_params",

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -77,6 +78,18 @@ class DetectionMetric(Metric):
         states["gt_ignore"] = states["gt_ignore"].bool()
         data = EvaluationSet(**states).unique_images()
         return evaluate_detections(data, self.kind, self.class_names)
+
+
+def sample_ground_truth(target: Mapping[str, Any]) -> dict[str, Any]:
+    """The ground truth of a :class:`~kldet.data.DetectionDataset` sample's ``target`` (``gt_boxes``,
+    ``gt_labels``, ``gt_areas``, ``gt_ignore``, ``image_id``) as :meth:`DetectionMetric.update` takes it."""
+    return {
+        "boxes": target["gt_boxes"],
+        "labels": target["gt_labels"],
+        "areas": target["gt_areas"],
+        "ignore": target["gt_ignore"],
+        "image_id": target["image_id"],
+    }
 
 
 def _concatenated(state: list[Tensor] | Tensor, dtype: torch.dtype) -> Tensor:

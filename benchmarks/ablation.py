@@ -71,7 +71,7 @@ def run_overrides(args: argparse.Namespace, config: str, seed: int, run_dir: Pat
         overrides += [
             f"trainer.max_epochs={args.epochs}",
             f"trainer.check_val_every_n_epoch={args.epochs}",
-            f"optim.milestones=[{max(1, round(0.75 * args.epochs))}]",
+            f"scheduler.milestones=[{max(1, round(0.75 * args.epochs))}]",
         ]
     if args.image_size is not None:
         overrides += [f"synthetic.image_size={args.image_size}", f"data.max_size={args.image_size}"]

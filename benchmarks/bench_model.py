@@ -26,7 +26,8 @@ from torchvision.models.detection import FCOS, fcos_resnet50_fpn
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
-from kldet.model import KLDet
+from kldet.assign import AliTSMAssigner, FCOSAssigner
+from kldet.model import KLDet, kldet_resnet_fpn
 
 POSTPROCESS = {"score_thresh": 0.05, "nms_thresh": 0.5, "detections_per_img": 3000, "topk_candidates": 3000}
 
@@ -48,18 +49,20 @@ def torchvision_fcos(num_classes: int, size: int, frozen: bool) -> FCOS:
 
 def kldet_configurations(num_classes: int) -> dict[str, KLDet]:
     """Ours, from the torchvision-like configuration to the full KLDet default, one change at a time."""
-    standard = {"fpn_levels": (3, 4, 5, 6, 7), "attention": False, "assigner": "fcos"}
+    standard = {"fpn_levels": (3, 4, 5, 6, 7), "attention": False, "assigner": FCOSAssigner()}
     kldet = {"fpn_levels": (2, 3, 4, 5, 6)}
     configurations = {
         "ours P3-P7, GN head, FCOS assigner": {**standard, "head_norm": "GN"},
         "ours P3-P7, FCOS assigner": standard,
         "ours P2-P6, FCOS assigner": {**standard, **kldet},
         "ours P2-P6, TlA, FCOS assigner": {**standard, **kldet, "attention": True},
-        "ours P2-P6, TlA, Ali-TSM (KLDet default)": {**kldet, "attention": True, "assigner": "alitsm"},
+        "ours P2-P6, TlA, Ali-TSM (KLDet default)": {
+            **kldet,
+            "attention": True,
+            "assigner": AliTSMAssigner(),
+        },
     }
-    return {
-        name: KLDet(num_classes, backbone="resnet50", **options) for name, options in configurations.items()
-    }
+    return {name: kldet_resnet_fpn(num_classes, **options) for name, options in configurations.items()}
 
 
 def synthetic_batch(batch: int, size: int, objects: int, num_classes: int, seed: int = 0):

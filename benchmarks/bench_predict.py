@@ -32,7 +32,7 @@ import torch
 from kldet.inference.predictor import Predictor
 from kldet.inference.sliced import sliced_predict, tile_count
 from kldet.inference.sources import ArraySource, ImageFile
-from kldet.model import KLDet
+from kldet.model import kldet_resnet_fpn
 
 CLASSES = [f"class{i}" for i in range(8)]
 
@@ -50,7 +50,7 @@ def make_predictor(args) -> Predictor:
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "random weights"
-        model = KLDet(num_classes=len(CLASSES), backbone=args.backbone).to(args.device)
+        model = kldet_resnet_fpn(len(CLASSES), backbone=args.backbone).to(args.device)
     return Predictor(model, CLASSES, list(range(1, 9)), batch_size=args.batch_size)
 
 

@@ -9,6 +9,7 @@ number of detections kept.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import torch
@@ -40,7 +41,7 @@ def main(argv: list[str]) -> None:
             scales = [tuple(t["scale"]) for t in targets]
             truth = [sample_ground_truth(t) for t in targets]
             for rule in CANDIDATE_RULES:
-                model.postprocess_options["candidates"] = rule
+                model.postprocessor = dataclasses.replace(model.postprocessor, candidates=rule)
                 predictions = model.postprocess(*maps, tuple(images.shape[-2:]), sizes, scales)
                 counts[rule] += sum(len(p["boxes"]) for p in predictions)
                 metrics[rule].update(predictions, truth)

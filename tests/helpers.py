@@ -14,29 +14,50 @@ import cv2
 import numpy as np
 import torch
 
-from kldet.model import KLDet
+from kldet.assign import AliTSMAssigner, Assigner
+from kldet.model import KLDet, PostProcess, kldet_resnet_fpn
+from kldet.spec import instantiate
 
 #: Side in pixels of the images of the ``synthetic_root`` fixture's set.
 SYNTHETIC_SIZE = 192
 
 
-def tiny_detector(**options) -> KLDet:
-    """Cheapest KLDet (2 classes, ResNet-18, 32 channels, one head conv); ``options`` change its keywords.
+def tiny_detector(
+    assigner: Assigner = AliTSMAssigner(), postprocess: PostProcess = PostProcess(), **options
+) -> KLDet:
+    """Cheapest KLDet (2 classes, ResNet-18, 32 channels, one head conv); ``options`` change the keywords
+    of :func:`kldet.model.kldet_resnet_fpn`.
 
     Level shapes do not depend on the channels or the number of head convs.
     """
-    return KLDet(2, **{"backbone": "resnet18", "channels": 32, "head_convs": 1, **options})
+    options = {"backbone": "resnet18", "channels": 32, "head_convs": 1, **options}
+    return kldet_resnet_fpn(2, assigner, postprocess=postprocess, **options)
 
 
-def seeded_detector(model_kwargs: dict[str, Any], seed: int = 0) -> KLDet:
-    """An eval-mode KLDet of ``model_kwargs`` with random weights drawn after ``torch.manual_seed(seed)``.
+def tiny_spec(num_classes: int, postprocess: dict[str, Any] | None = None, **changes) -> dict[str, Any]:
+    """The model spec (:mod:`kldet.spec`, as checkpoints store it) of a small ResNet-18 KLDet with random
+    weights: 16 channels, one head conv; ``postprocess`` settings and ``changes`` of the builder's keywords."""
+    return {
+        "_target_": "kldet.model.kldet_resnet_fpn",
+        "num_classes": num_classes,
+        "backbone": "resnet18",
+        "weights": None,
+        "channels": 16,
+        "head_convs": 1,
+        "postprocess": {"_target_": "kldet.model.PostProcess", **(postprocess or {})},
+        **changes,
+    }
+
+
+def seeded_detector(spec: dict[str, Any], seed: int = 0) -> KLDet:
+    """An eval-mode KLDet of the model ``spec`` with random weights drawn after ``torch.manual_seed(seed)``.
 
     The backbone's "starts from random weights" warning is silenced.
     """
     torch.manual_seed(seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        return KLDet(**model_kwargs).eval()
+        return instantiate(spec).eval()
 
 
 def store_preprocess(checkpoint: Path, preprocess: dict[str, Any] | None) -> Path:

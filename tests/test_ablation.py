@@ -34,16 +34,16 @@ def test_configurations_differ_only_in_levels_assigner_and_attention(ablation, t
         out=tmp_path, epochs=4, image_size=320, num_images=40, overrides=["data.num_workers=0"]
     )
     expected = {
-        "fcos": ([3, 4, 5, 6, 7], "fcos", False),
-        "fcos_p2": ([2, 3, 4, 5, 6], "fcos", False),
-        "alitsm": ([2, 3, 4, 5, 6], "alitsm", False),
-        "kldet": ([2, 3, 4, 5, 6], "alitsm", True),
+        "fcos": ([3, 4, 5, 6, 7], "kldet.assign.FCOSAssigner", False),
+        "fcos_p2": ([2, 3, 4, 5, 6], "kldet.assign.FCOSAssigner", False),
+        "alitsm": ([2, 3, 4, 5, 6], "kldet.assign.AliTSMAssigner", False),
+        "kldet": ([2, 3, 4, 5, 6], "kldet.assign.AliTSMAssigner", True),
     }
     assert list(ablation.CONFIGS) == list(expected)
     shared = None
     for config, (levels, assigner, attention) in expected.items():
         cfg = composed(ablation.run_overrides(args, config, seed=1, run_dir=tmp_path / config))
-        assert (list(cfg.model.fpn_levels), cfg.model.assigner, cfg.model.attention) == (
+        assert (list(cfg.model.fpn_levels), cfg.model.assigner._target_, cfg.model.attention) == (
             levels,
             assigner,
             attention,
@@ -51,17 +51,20 @@ def test_configurations_differ_only_in_levels_assigner_and_attention(ablation, t
         assert cfg.model.backbone == "resnet18" and cfg.seed == 1
         assert (
             cfg.trainer.max_epochs,
-            cfg.optim.milestones,
+            cfg.scheduler.milestones,
             cfg.synthetic.image_size,
             cfg.data.max_size,
         ) == (4, [3], 320, 320)
         assert cfg.synthetic.num_images == 40 and cfg.data.num_workers == 0
         # Everything but the model's assignment-specific keys is the same in all configurations.
-        rest = {key: cfg[key] for key in ("data", "synthetic", "optim", "trainer", "seed")}
+        rest = {
+            key: cfg[key]
+            for key in ("data", "synthetic", "optimizer", "scheduler", "module", "trainer", "seed")
+        }
         model = {
             k: v
             for k, v in cfg.model.items()
-            if k in ("backbone", "weights", "channels", "head_convs", "frozen_stages")
+            if k in ("backbone", "weights", "channels", "head_convs", "frozen_stages", "postprocess")
         }
         shared = shared or (rest, model)
         assert (rest, model) == shared

@@ -43,7 +43,7 @@ def test_every_experiment_composes_and_resolves(experiment):
     cfg = job_config(f"experiment={experiment}")
     assert cfg.name == experiment
     assert cfg.data.format in ("aitod", "dior", "coco")
-    assert cfg.model.assigner in ("alitsm", "fcos")
+    assert cfg.model.assigner._target_ in ("kldet.assign.AliTSMAssigner", "kldet.assign.FCOSAssigner")
     assert cfg.paths.data_dir == f"{cfg.paths.root_dir}/data"
     assert cfg.callbacks.best_checkpoint.monitor == cfg.monitor
 
@@ -65,20 +65,28 @@ def test_aitod_r50_is_the_paper_setting():
     assert cfg.model.weights == "open-mmlab://detectron/resnet50_caffe"
     assert (cfg.model.frozen_stages, list(cfg.model.fpn_levels)) == (1, [2, 3, 4, 5, 6])
     assert cfg.model.attention is True and cfg.model.head_norm is None
-    assert (cfg.model.assigner, list(cfg.model.topk), cfg.model.alpha, cfg.model.beta) == (
-        "alitsm",
+    assigner = cfg.model.assigner
+    assert (assigner._target_, list(assigner.topk), assigner.alpha, assigner.beta) == (
+        "kldet.assign.AliTSMAssigner",
         [3, 1],
         1.0,
         7.0,
     )
-    assert (cfg.model.alpha_m, cfg.model.ratio, cfg.model.prior_fraction) == (0.75, 0.9, 0.5)
-    assert (cfg.model.score_thresh, cfg.model.nms_thresh, cfg.model.max_detections) == (0.05, 0.5, 3000)
-    assert (cfg.model.pre_nms_topk, cfg.model.candidates) == (3000, "points")
-    optim = cfg.optim
-    assert (optim.lr, optim.momentum, optim.weight_decay, optim.bias_lr_factor) == (0.0025, 0.9, 1e-4, 2.0)
-    assert (optim.bias_weight_decay, optim.warmup, optim.warmup_steps) == (0.0, "constant", 10000)
-    assert optim.warmup_factor == pytest.approx(1 / 3)
-    assert (list(optim.milestones), optim.gamma, optim.base_batch_size) == ([8, 11], 0.1, 2)
+    assert (assigner.alpha_m, assigner.ratio, assigner.prior_fraction) == (0.75, 0.9, 0.5)
+    post = cfg.model.postprocess
+    assert (post.score_thresh, post.nms_thresh, post.max_detections) == (0.05, 0.5, 3000)
+    assert (post.pre_nms_topk, post.candidates) == (3000, "points")
+    optimizer, scheduler, module = cfg.optimizer, cfg.scheduler, cfg.module
+    assert (optimizer._target_, optimizer.lr, optimizer.momentum, optimizer.weight_decay) == (
+        "torch.optim.SGD",
+        0.0025,
+        0.9,
+        1e-4,
+    )
+    assert (module.bias_lr_factor, module.bias_weight_decay, module.norm_weight_decay) == (2.0, 0.0, 0.0)
+    assert (module.auto_scale_lr, module.base_batch_size) == (False, 2)
+    assert (scheduler.warmup, scheduler.warmup_steps, scheduler.warmup_factor) == ("constant", 10000, 1 / 3)
+    assert (list(scheduler.milestones), scheduler.gamma) == ([8, 11], 0.1)
     trainer = cfg.trainer
     assert (trainer.max_epochs, trainer.check_val_every_n_epoch) == (12, 12)
     assert (trainer.gradient_clip_val, trainer.gradient_clip_algorithm) == (35.0, "norm")
@@ -88,15 +96,18 @@ def test_aitod_r50_is_the_paper_setting():
 def test_fcos_baseline_differs_from_kldet_only_in_the_detector():
     kldet = job_config("experiment=aitod_r50")
     fcos = job_config("experiment=aitod_fcos_r50")
-    assert (list(fcos.model.fpn_levels), fcos.model.attention, fcos.model.assigner) == (
+    assert (list(fcos.model.fpn_levels), fcos.model.attention, fcos.model.assigner._target_) == (
         [3, 4, 5, 6, 7],
         False,
-        "fcos",
+        "kldet.assign.FCOSAssigner",
     )
-    assert (fcos.model.center_sampling, fcos.model.center_radius) == (True, 1.5)
-    assert "topk" not in fcos.model
-    assert (fcos.optim.warmup, fcos.optim.warmup_steps) == ("linear", 500)
+    assert (fcos.model.assigner.center_sampling, fcos.model.assigner.center_radius) == (True, 1.5)
+    assert "topk" not in fcos.model.assigner
+    assert (fcos.scheduler.warmup, fcos.scheduler.warmup_steps) == ("linear", 500)
     assert fcos.data == kldet.data and fcos.trainer == kldet.trainer
+    assert fcos.optimizer == kldet.optimizer and fcos.model.postprocess == kldet.model.postprocess
+    different = {key for key in kldet.model if key != "assigner" and kldet.model[key] != fcos.model[key]}
+    assert different == {"_target_", "fpn_levels", "attention"}
 
 
 def test_dior_uses_voc_metric():
@@ -115,7 +126,9 @@ def test_synthetic_is_cpu_sized_and_writes_its_data():
 @pytest.mark.parametrize(
     ("overrides", "key", "expected"),
     [
-        (["assigner=fcos"], "model.assigner", "fcos"),
+        (["assigner=fcos"], "model.assigner._target_", "kldet.assign.FCOSAssigner"),
+        (["assigner=atss"], "model.assigner.topk", 9),
+        (["optimizer=adamw"], "optimizer._target_", "torch.optim.AdamW"),
         (["precision=bf16-mixed"], "trainer.precision", "bf16-mixed"),
         (["precision=16-mixed"], "trainer.precision", "16-mixed"),
         (["trainer=ddp", "trainer.num_nodes=2"], "trainer.num_nodes", 2),
@@ -124,7 +137,7 @@ def test_synthetic_is_cpu_sized_and_writes_its_data():
         (["logger=wandb"], "logger.wandb.project", "kldet"),
         (["logger=none"], "logger", {}),
         (["data=coco"], "data.format", "coco"),
-        (["optim.auto_scale_lr=true"], "optim.auto_scale_lr", True),
+        (["module.auto_scale_lr=true"], "module.auto_scale_lr", True),
     ],
 )
 def test_groups_combine_with_an_experiment(overrides, key, expected):
@@ -144,11 +157,18 @@ def test_run_folder_is_outputs_name_date_time():
 def test_sweep_config_is_a_multirun():
     cfg = composed("experiment=synthetic", "hparams_search=synthetic_lr")
     assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
-    assert set(cfg.hydra.sweeper.params) == {"optim.lr", "optim.warmup_steps"}
+    assert set(cfg.hydra.sweeper.params) == {"optimizer.lr", "scheduler.warmup_steps"}
 
 
 @pytest.mark.parametrize(
-    "override", ["foo=1", "data.foo=1", "trainer.max_epoch=3", "optim.learning_rate=0.1"]
+    "override",
+    [
+        "foo=1",
+        "data.foo=1",
+        "trainer.max_epoch=3",
+        "optimizer.learning_rate=0.1",
+        "model.assigner.top_k=[1,1]",
+    ],
 )
 def test_unknown_keys_are_errors(monkeypatch, capsys, override):
     with pytest.raises(SystemExit) as exit_info:
@@ -170,3 +190,42 @@ def test_eval_config_takes_the_training_groups(overrides, expected):
         cfg = compose("eval", overrides=["ckpt=model.ckpt", *overrides])
     assert (cfg.data.format, cfg.module.metric, cfg.split) == expected
     assert cfg.ckpt == "model.ckpt" and cfg.out is None
+
+
+def _file_values(path: Path) -> dict:
+    """The keys a config file sets itself (its own body, not its defaults list), flattened."""
+    body = OmegaConf.to_container(OmegaConf.load(path))
+    body.pop("defaults", None)
+
+    def flat(node, prefix=""):
+        if isinstance(node, dict):
+            return {k: v for key, value in node.items() for k, v in flat(value, f"{prefix}{key}.").items()}
+        return {prefix[:-1]: node}
+
+    return flat(body)
+
+
+@pytest.mark.parametrize("group", ["model", "assigner", "scheduler"])
+def test_group_files_only_change_what_their_signatures_give(group):
+    """Each default lives once (kldet.cli.signatures): the model, assigner and scheduler files take
+    their keys from the Python they configure and restate none of its values."""
+    for path in sorted((Path(CONFIG_DIR) / group).glob("*.yaml")):
+        assert OmegaConf.load(path).defaults[0].startswith(f"/signatures/{group}/"), path
+        assert _file_values(path) == {}, path
+
+
+def test_experiments_change_only_what_differs_from_their_groups():
+    """An experiment file lists only what it changes: none of its values equals what its defaults list
+    alone (its group choices, or the experiment it extends) gives."""
+    for experiment in EXPERIMENTS:
+        path = Path(CONFIG_DIR) / "experiment" / f"{experiment}.yaml"
+        base = []
+        for entry in OmegaConf.load(path).get("defaults", []):
+            if isinstance(entry, str):  # the experiment it extends
+                base.append(f"experiment={entry}")
+            else:
+                base += [f"{key.removeprefix('override /')}={value}" for key, value in entry.items()]
+        defaults_only = composed(*base)
+        for key, value in _file_values(path).items():
+            if key != "name":
+                assert OmegaConf.select(defaults_only, key) != value, (experiment, key, value)

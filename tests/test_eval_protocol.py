@@ -29,7 +29,12 @@ from kldet.lit import KLDetModule
 CLASSES = ["vehicle", "ship", "plane"]
 CATEGORY_IDS = [2, 5, 9]  # not 1..C: results must carry the file's ids
 SIZE = 96
-TINY_MODEL = {"backbone": "resnet18", "channels": 16, "head_convs": 1}
+TINY_MODEL = {
+    "_target_": "kldet.model.kldet_resnet_fpn",
+    "backbone": "resnet18",
+    "channels": 16,
+    "head_convs": 1,
+}
 
 
 def write_images(folder: Path, names: list[str]) -> None:

@@ -5,22 +5,15 @@ import json
 import pytest
 import torch
 
-from helpers import seeded_detector
+from helpers import seeded_detector, tiny_spec
 from kldet.checkpoint import load_detector, save_detector
 from kldet.cli.export import main as export_main
 from kldet.errors import KLDetConfigError
 from kldet.inference.export import export_model, output_names, split_outputs
 from kldet.model import postprocess_detections
 
-TINY = {
-    "num_classes": 3,
-    "backbone": "resnet18",
-    "channels": 16,
-    "head_convs": 1,
-    "score_thresh": 0.0,
-    "pre_nms_topk": 20,
-    "candidates": "pairs",  # not the default: the sidecar must carry it
-}
+# candidates "pairs" is not the default: the sidecar must carry it.
+TINY = tiny_spec(3, {"score_thresh": 0.0, "pre_nms_topk": 20, "candidates": "pairs"})
 # The export size and another one: every format must follow batch size and H, W (multiples of 32, >= 96).
 SHAPES = [(1, 3, 96, 128), (3, 3, 160, 96)]
 

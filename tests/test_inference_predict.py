@@ -11,7 +11,8 @@ import torch
 from pycocotools.coco import COCO
 from torchvision.ops import box_iou
 
-from helpers import seeded_detector, store_preprocess
+from helpers import seeded_detector, store_preprocess, tiny_spec
+from kldet.assign import FCOSAssigner
 from kldet.checkpoint import load_detector, save_detector
 from kldet.cli.predict import main as predict_main
 from kldet.data import IMAGENET_MEAN, IMAGENET_STD
@@ -24,15 +25,7 @@ from kldet.inference.tiling import make_tiles
 from kldet.model import InputNormalization, KLDet
 
 # Small enough for the CPU; score_thresh 0 and a small top-k so a random network yields a few boxes.
-TINY = {
-    "num_classes": 2,
-    "backbone": "resnet18",
-    "channels": 16,
-    "head_convs": 1,
-    "score_thresh": 0.0,
-    "pre_nms_topk": 20,
-    "max_detections": 30,
-}
+TINY = tiny_spec(2, {"score_thresh": 0.0, "pre_nms_topk": 20, "max_detections": 30})
 CLASSES = ["vehicle", "ship"]
 CATEGORY_IDS = [6, 4]
 MEAN, STD = (120.0, 110.0, 100.0), (60.0, 50.0, 40.0)
@@ -61,7 +54,7 @@ def test_checkpoint_in_the_lightning_layout_round_trips(tmp_path):
             "classes": CLASSES,
             "category_ids": CATEGORY_IDS,
             "preprocess": {"mean": list(MEAN), "std": list(STD), "size_divisor": 32, "max_size": 800},
-            "optim": {"lr": 0.01},
+            "optimizer": {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.01},
             "metric": "aitod",
         },
         "optimizer_states": [],
@@ -86,7 +79,7 @@ def test_from_checkpoint_reads_the_file_once(tmp_path, monkeypatch):
 
     save_detector(tmp_path / "m.ckpt", tiny_model(), TINY, CLASSES)
     checkpoint = torch.load(tmp_path / "m.ckpt", weights_only=True)
-    checkpoint["hyper_parameters"].update(optim={"lr": 0.123}, metric="coco")
+    checkpoint["hyper_parameters"].update(metric="coco")
     torch.save(checkpoint, tmp_path / "m.ckpt")
     loads = []
 
@@ -97,14 +90,14 @@ def test_from_checkpoint_reads_the_file_once(tmp_path, monkeypatch):
     load = torch.load
     monkeypatch.setattr(torch, "load", counted_load)
     module = KLDetModule.from_checkpoint(tmp_path / "m.ckpt")
-    assert len(loads) == 1 and module.hparams["optim"]["lr"] == 0.123 and module.hparams["metric"] == "coco"
+    assert len(loads) == 1 and module.hparams["metric"] == "coco"
     Predictor.from_checkpoint(tmp_path / "m.ckpt")
     assert len(loads) == 2
 
 
 def test_checkpoint_overrides_and_default_category_ids(tmp_path):
     save_detector(tmp_path / "m.ckpt", tiny_model(), TINY, CLASSES)
-    model, meta = load_detector(tmp_path / "m.ckpt", overrides={"score_thresh": 0.3})
+    model, meta = load_detector(tmp_path / "m.ckpt", overrides={"postprocess": {"score_thresh": 0.3}})
     # No preprocess stored: the normalisation of the model's style (pytorch: RGB, ImageNet).
     assert meta["category_ids"] == [1, 2]
     assert meta["preprocess"] == {
@@ -112,11 +105,28 @@ def test_checkpoint_overrides_and_default_category_ids(tmp_path):
         "mean": list(IMAGENET_MEAN),
         "std": list(IMAGENET_STD),
     }
-    assert model.postprocess_options["score_thresh"] == 0.3
-    # TINY predates the candidates key: such checkpoints load with the authors' rule.
-    assert "candidates" not in TINY and model.postprocess_options["candidates"] == "points"
+    # One setting changed, the others kept (pre_nms_topk 20 is not the default).
+    assert (model.postprocessor.score_thresh, model.postprocessor.pre_nms_topk) == (0.3, 20)
     predictor = Predictor.from_checkpoint(tmp_path / "m.ckpt", candidates="pairs")
-    assert predictor.model.postprocess_options["candidates"] == "pairs"
+    assert (predictor.model.postprocessor.candidates, predictor.model.postprocessor.score_thresh) == (
+        "pairs",
+        0.0,
+    )
+
+
+def test_checkpoints_of_the_flat_keyword_layout_still_load(tmp_path):
+    from kldet.checkpoint import model_spec
+
+    # hyper_parameters["model"] as kldet wrote it before the composed detector (no candidates key yet).
+    flat = {"num_classes": 2, "backbone": "resnet18", "channels": 16, "head_convs": 1, "assigner": "fcos",
+            "center_radius": 2.0, "fpn_levels": [3, 4, 5, 6, 7], "score_thresh": 0.2, "weights": None}  # fmt: skip
+    trained = seeded_detector(model_spec(flat))
+    model, meta = load_detector(save_detector(tmp_path / "flat.ckpt", trained, flat, CLASSES))
+    assert meta["model"]["_target_"] == "kldet.model.kldet_resnet_fpn"
+    assert (model.postprocessor.score_thresh, model.postprocessor.candidates) == (0.2, "points")
+    assert model.assigner == FCOSAssigner(center_radius=2.0) and model.strides == (8, 16, 32, 64, 128)
+    for ours, theirs in zip(model.state_dict().values(), trained.state_dict().values(), strict=True):
+        assert torch.equal(ours, theirs)
 
 
 def test_save_detector_writes_every_preprocess_key_training_writes(tmp_path):

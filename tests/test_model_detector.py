@@ -5,9 +5,11 @@ import torch
 from torchvision.ops import box_iou
 
 from helpers import tiny_detector
-from kldet.assign import receptive_field_priors
-from kldet.errors import KLDetDataError
-from kldet.model import detector as detector_module
+from kldet.assign import AliTSMAssigner, ATSSAssigner, FCOSAssigner, receptive_field_priors
+from kldet.assign import assigners as assigners_module
+from kldet.errors import KLDetConfigError, KLDetDataError
+from kldet.model import KLDet, PostProcess, ResNetFPN
+from kldet.model.head import FCOSHead
 
 pytestmark = pytest.mark.filterwarnings("ignore:resnet.* backbone starts from random weights")
 
@@ -26,7 +28,10 @@ def random_tiny_boxes(count: int, size: int, generator: torch.Generator) -> torc
     return torch.cat([xy, xy + wh], dim=1)
 
 
-@pytest.mark.parametrize("assigner", ["alitsm", "fcos"])
+ASSIGNERS = [AliTSMAssigner(), FCOSAssigner(), ATSSAssigner()]
+
+
+@pytest.mark.parametrize("assigner", ASSIGNERS, ids=lambda a: type(a).__name__)
 @pytest.mark.parametrize("num_objects", [0, 1, 3000])
 def test_loss_is_finite_for_0_1_and_3000_objects(assigner, num_objects):
     torch.manual_seed(0)
@@ -74,21 +79,22 @@ def test_priors_are_computed_once_per_image_shape_and_never_modified(monkeypatch
         calls.append(args)
         return receptive_field_priors(*args, **kwargs)
 
-    monkeypatch.setattr(detector_module, "receptive_field_priors", counting_priors)
-    detector_module._points_and_priors.cache_clear()
+    monkeypatch.setattr(assigners_module, "receptive_field_priors", counting_priors)
+    assigners_module._priors.cache_clear()
     model = tiny_detector(**SMALL)
     targets = [{"boxes": torch.tensor([[10.0, 10.0, 18.0, 17.0]]), "labels": torch.tensor([0])}] * 3
     for _ in range(2):
         model.loss(torch.randn(3, 3, 96, 128), targets)
     assert len(calls) == 1
-    _, _, cached = detector_module._points_and_priors((96, 128), model.strides, 0.5, torch.device("cpu"))
+    cached = assigners_module._priors((96, 128), model.strides, 0.5, torch.device("cpu"))
     _, fresh = receptive_field_priors((96, 128), model.strides, 0.5)
     assert torch.equal(cached, fresh)
 
 
 def test_predict_respects_limits_sizes_and_scale_factors():
     torch.manual_seed(0)
-    model = tiny_detector(**SMALL, score_thresh=0.0, pre_nms_topk=50, max_detections=7, nms_thresh=0.9).eval()
+    settings = PostProcess(score_thresh=0.0, pre_nms_topk=50, max_detections=7, nms_thresh=0.9)
+    model = tiny_detector(**SMALL, postprocess=settings).eval()
     images = torch.randn(2, 3, 96, 96)
     sizes, scales = [(90, 70), (96, 96)], [(0.5, 0.25), (1.0, 1.0)]
     resized = model.predict(images, image_sizes=sizes)
@@ -101,7 +107,7 @@ def test_predict_respects_limits_sizes_and_scale_factors():
         assert (boxes >= 0).all() and (boxes[:, [0, 2]] <= w).all() and (boxes[:, [1, 3]] <= h).all()
         torch.testing.assert_close(back["boxes"], boxes / torch.tensor([sx, sy, sx, sy]))
         torch.testing.assert_close(back["scores"], result["scores"])
-    strict = tiny_detector(**SMALL, score_thresh=0.5).eval()
+    strict = tiny_detector(**SMALL, postprocess=PostProcess(score_thresh=0.5)).eval()
     strict.load_state_dict(model.state_dict())
     assert all(len(result["boxes"]) == 0 for result in strict.predict(images))
 
@@ -119,7 +125,7 @@ def synthetic_tiny_objects() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return ((image - IMAGENET_MEAN) / IMAGENET_STD)[None], boxes, labels
 
 
-@pytest.mark.parametrize("assigner", ["alitsm", "fcos"])
+@pytest.mark.parametrize("assigner", ASSIGNERS, ids=lambda a: type(a).__name__)
 def test_tiny_model_overfits_one_image_with_tiny_objects(assigner):
     torch.manual_seed(0)
     image, boxes, labels = synthetic_tiny_objects()
@@ -145,3 +151,40 @@ def test_tiny_model_overfits_one_image_with_tiny_objects(assigner):
         same_class = top[0][top[1] == label]
         hits += bool(len(same_class)) and box_iou(box[None], same_class).max().item() > 0.5
     assert hits >= 4
+
+
+class SharedLevelCounter:
+    """A minimal assigner of the Assigner protocol: every point inside a box is positive."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.checked: tuple[int, ...] = ()
+
+    def check_levels(self, strides):
+        self.checked = tuple(strides)
+
+    def __call__(self, grid, cls_logits, gt_boxes, gt_labels):
+        self.calls += 1
+        x, y = grid.points[:, None, 0], grid.points[:, None, 1]
+        inside = (x > gt_boxes[:, 0]) & (x < gt_boxes[:, 2]) & (y > gt_boxes[:, 1]) & (y < gt_boxes[:, 3])
+        assigned = inside.float().argmax(1)
+        return torch.where(inside.any(1), assigned, -1) if len(gt_boxes) else assigned.new_full((len(x),), -1)
+
+
+def test_the_detector_is_composed_of_parts_and_calls_any_assigner():
+    backbone = ResNetFPN("resnet18", levels=(3, 4, 5), channels=16)
+    assigner = SharedLevelCounter()
+    model = KLDet(backbone, FCOSHead(3, 3, channels=16, num_convs=1), assigner)
+    assert (model.strides, assigner.checked, model.num_classes, model.attention) == ((8, 16, 32),) * 2 + (
+        3,
+        None,
+    )
+    target = {"boxes": torch.tensor([[8.0, 8.0, 40.0, 40.0]]), "labels": torch.tensor([2])}
+    losses = model.loss(torch.randn(2, 3, 64, 64), [target, target])
+    assert assigner.calls == 2 and losses["loss_box"] > 0
+    with pytest.raises(KLDetConfigError, match="the head has 5 levels but the backbone gives 3"):
+        KLDet(backbone, FCOSHead(3, 5, channels=16), assigner)
+    with pytest.raises(KLDetConfigError, match="FCOSAssigner: 2 regress_ranges for 3 levels"):
+        KLDet(backbone, FCOSHead(3, 3, channels=16), FCOSAssigner(regress_ranges=[(0, 64), (64, 1e8)]))
+    with pytest.raises(KLDetConfigError, match=r"no theoretical receptive field for strides \[256\]"):
+        AliTSMAssigner().check_levels((8, 16, 32, 256))

@@ -12,8 +12,17 @@ from torchvision.ops import box_iou
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from helpers import tiny_detector
+from kldet.assign import AliTSMAssigner, FCOSAssigner
 from kldet.errors import KLDetConfigError, KLDetDataError
-from kldet.model import FCOSHead, KLDet, ResNetFPN, TaskLevelAttention, decode_boxes, fcos_losses
+from kldet.model import (
+    FCOSHead,
+    PostProcess,
+    ResNetFPN,
+    TaskLevelAttention,
+    decode_boxes,
+    fcos_losses,
+    kldet_resnet_fpn,
+)
 from kldet.model import losses as losses_module
 from kldet.model.postprocess import postprocess_detections
 
@@ -48,7 +57,7 @@ def test_level_shapes_follow_ceil_for_any_size():
 
 @pytest.mark.parametrize("style", ["pytorch", "caffe"])
 def test_frozen_parameters_are_exactly_stem_and_layer1(style):
-    model = KLDet(8, backbone="resnet50", style=style)
+    model = kldet_resnet_fpn(8, style=style)
     frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
     # Independent expectation: the conv weights of a plain torchvision ResNet-50's stem and layer1.
     plain = torchvision.models.resnet50()
@@ -164,9 +173,9 @@ def test_weights_from_local_file_and_bad_files(tmp_path):
         {"fpn_levels": (3, 4, 5, 6, 7, 8)},
         {"frozen_stages": 5},
         {"head_norm": "BN"},
-        {"assigner": "atss"},
-        {"assigner": "fcos", "regress_ranges": ((-1, 64), (64, math.inf))},
-        {"fpn_levels": (3, 4, 5, 6), "assigner": "fcos"},  # four levels need their own regress_ranges
+        {"assigner": FCOSAssigner(regress_ranges=((-1, 64), (64, math.inf)))},
+        {"fpn_levels": (3, 4, 5, 6), "assigner": FCOSAssigner()},  # four levels need their own regress_ranges
+        {"fpn_levels": (3, 4, 5, 6, 7, 8), "assigner": FCOSAssigner()},
     ],
 )
 def test_bad_configuration_is_one_clear_error(options):
@@ -264,16 +273,15 @@ def test_decode_boxes_by_hand():
 
 
 def test_fcos_regress_ranges_go_to_the_levels_in_order():
-    model = tiny_detector(fpn_levels=(3, 4, 5, 6, 7), assigner="fcos")
+    model = tiny_detector(FCOSAssigner(), fpn_levels=(3, 4, 5, 6, 7))
     expected = {8: (-1, 64), 16: (64, 128), 32: (128, 256), 64: (256, 512), 128: (512, math.inf)}
-    assert model.assign_options["regress_ranges"] == expected
-    four = tiny_detector(
-        fpn_levels=(3, 4, 5, 6),
-        assigner="fcos",
-        regress_ranges=((-1, 64), (64, 128), (128, 256), (256, "inf")),
-    )
-    assert four.assign_options["regress_ranges"][64] == (256, math.inf)
-    tiny_detector(fpn_levels=(3, 4, 5, 6), assigner="alitsm")  # the ranges only matter to the FCOS assigner
+    assert model.assigner.ranges_by_stride(model.strides) == expected
+    assigner = FCOSAssigner(
+        regress_ranges=[[-1, 64], [64, 128], [128, 256], [256, "inf"]]
+    )  # as a config gives them
+    four = tiny_detector(assigner, fpn_levels=(3, 4, 5, 6))
+    assert four.assigner.ranges_by_stride(four.strides)[64] == (256, math.inf)
+    tiny_detector(AliTSMAssigner(), fpn_levels=(3, 4, 5, 6))  # the ranges only matter to the FCOS assigner
 
 
 # ---------------------------------------------------------------- losses
@@ -518,7 +526,7 @@ def test_unknown_candidate_rule_is_a_config_error():
     with pytest.raises(KLDetConfigError, match="candidates='top'"):
         postprocess_detections(*hand_made_maps(), strides=(8, 16), image_shape=(64, 64), candidates="top")
     with pytest.raises(KLDetConfigError, match="candidates='top'"):
-        tiny_detector(candidates="top")
+        PostProcess(candidates="top")
 
 
 def test_postprocess_rejects_maps_of_another_image_shape():

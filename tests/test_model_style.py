@@ -9,7 +9,7 @@ import pytest
 import torch
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from helpers import seeded_detector, store_preprocess
+from helpers import seeded_detector, store_preprocess, tiny_spec
 from kldet.checkpoint import load_detector, save_detector
 from kldet.cli.evaluate import checkpoint_config
 from kldet.cli.export import main as export_main
@@ -18,7 +18,7 @@ from kldet.data import DetectionDataset, read_image_folder
 from kldet.datamodule import KLDetDataModule
 from kldet.errors import KLDetConfigError
 from kldet.inference.predictor import Predictor
-from kldet.model import InputNormalization, KLDet, ResNetFPN, input_normalization
+from kldet.model import InputNormalization, ResNetFPN, input_normalization
 
 pytestmark = pytest.mark.filterwarnings("ignore:resnet.* backbone starts from random weights")
 
@@ -221,15 +221,7 @@ def test_kldet_train_takes_the_data_normalisation_from_the_model_style(tmp_path)
     assert checkpoint_like.normalization == input_normalization("caffe")
 
 
-TINY_CAFFE = {
-    "num_classes": 2,
-    "backbone": "resnet50",
-    "style": "caffe",
-    "channels": 16,
-    "head_convs": 1,
-    "score_thresh": 0.0,
-    "pre_nms_topk": 20,
-}
+TINY_CAFFE = tiny_spec(2, {"score_thresh": 0.0, "pre_nms_topk": 20}, backbone="resnet50", style="caffe")
 
 
 @pytest.fixture(scope="module")
@@ -256,10 +248,10 @@ def test_predictor_feeds_a_caffe_checkpoint_bgr_minus_the_mean(caffe_checkpoint)
 
 def test_checkpoints_without_channel_order_read_as_their_style(tmp_path, caffe_checkpoint):
     torch.manual_seed(0)
-    tiny = {"num_classes": 1, "backbone": "resnet18", "channels": 8, "head_convs": 1}
+    tiny = tiny_spec(1, channels=8)
     # Written before channel_order existed: pytorch style, mean/std only -> RGB with those values.
     old = store_preprocess(
-        save_detector(tmp_path / "old.ckpt", KLDet(**tiny), tiny, ["a"]),
+        save_detector(tmp_path / "old.ckpt", seeded_detector(tiny), tiny, ["a"]),
         {"mean": [1, 2, 3], "std": [4, 5, 6]},
     )
     _, meta = load_detector(old)
@@ -274,9 +266,11 @@ def test_checkpoints_without_channel_order_read_as_their_style(tmp_path, caffe_c
 def test_export_sidecar_states_the_channel_order(tmp_path):
     # The stored normalisation is what inference repeats; a small network keeps the export fast.
     torch.manual_seed(0)
-    tiny = {"num_classes": 1, "backbone": "resnet18", "channels": 8, "head_convs": 1}
+    tiny = tiny_spec(1, channels=8)
     preprocess = {**input_normalization("caffe").as_preprocess(), "max_size": None}
-    checkpoint = save_detector(tmp_path / "bgr.ckpt", KLDet(**tiny), tiny, ["a"], preprocess=preprocess)
+    checkpoint = save_detector(
+        tmp_path / "bgr.ckpt", seeded_detector(tiny), tiny, ["a"], preprocess=preprocess
+    )
     out = tmp_path / "m.ts"
     assert export_main([f"ckpt={checkpoint}", "format=torchscript", f"out={out}", "image_size=96"]) == 0
     sidecar = json.loads((tmp_path / "m.ts.json").read_text())["input"]

@@ -6,14 +6,14 @@ import re
 
 import pytest
 import torch
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from kldet.cli.evaluate import main as kldet_eval
 from kldet.cli.train import build_datamodule, build_module, build_trainer, train
 from kldet.lit import NonFiniteLossError
 from kldet.model import KLDet
-from kldet.optim import lr_factor
+from kldet.optim import WarmupMultiStep
 from training import TINY, TINY_DATA, Probe, kldet_train, tiny_config
 
 pytestmark = pytest.mark.usefixtures("quiet_single_thread")
@@ -41,10 +41,10 @@ def test_fast_dev_run_of_the_synthetic_experiment(monkeypatch, capsys, tmp_path,
 def test_checkpoints_and_resume_restore_step_optimiser_and_schedule(tmp_path, data_dir):
     # Two epochs of 3 updates (5 images, batch 2); warm-up for 4 updates, decay after epoch 1.
     schedule = [
-        "optim.warmup=linear",
-        "optim.warmup_steps=4",
-        "optim.warmup_factor=0.5",
-        "optim.milestones=[1]",
+        "scheduler.warmup=linear",
+        "scheduler.warmup_steps=4",
+        "scheduler.warmup_factor=0.5",
+        "scheduler.milestones=[1]",
     ]
     every_epoch = ["trainer.check_val_every_n_epoch=1", "test=false"]
     first = tiny_config(data_dir, tmp_path / "first", *schedule, *every_epoch, "trainer.max_epochs=1")
@@ -74,11 +74,9 @@ def test_checkpoints_and_resume_restore_step_optimiser_and_schedule(tmp_path, da
     for key, value in saved_state.items():
         assert torch.equal(value["momentum_buffer"], probe.optimizer["state"][key]["momentum_buffer"])
     # Update 3 (0-based) is in epoch 1: decayed once, and 3/4 through the linear warm-up.
-    factor = lr_factor(
-        3, steps_per_epoch=3, milestones=(1,), warmup="linear", warmup_steps=4, warmup_factor=0.5
-    )
+    factor = WarmupMultiStep(milestones=(1,), warmup="linear", warmup_steps=4, warmup_factor=0.5).factor(3, 3)
     assert factor == pytest.approx(0.1 * (1 - 0.25 * 0.5))
-    lr = second.optim.lr
+    lr = second.optimizer.lr
     assert probe.lrs == pytest.approx({"weight": lr * factor, "bias": 2 * lr * factor, "norm": lr * factor})
     assert trainer.global_step == 6
 
@@ -87,9 +85,9 @@ def test_auto_scale_lr_follows_the_total_batch(tmp_path, data_dir):
     cfg = tiny_config(
         data_dir,
         tmp_path,
-        "optim.auto_scale_lr=true",
-        "optim.lr=0.01",
-        "optim.base_batch_size=8",
+        "module.auto_scale_lr=true",
+        "optimizer.lr=0.01",
+        "module.base_batch_size=8",
         "trainer.accumulate_grad_batches=2",
         "trainer.fast_dev_run=true",
         "test=false",
@@ -164,15 +162,20 @@ def test_multirun_sweeps_assigners(monkeypatch, tmp_path, data_dir):
         monkeypatch,
         "-m",
         *TINY,
-        "assigner=alitsm,fcos",
+        "assigner=alitsm,fcos,atss",
         "trainer.fast_dev_run=true",
         "test=false",
         f"paths.data_dir={data_dir}",
         f"hydra.sweep.dir={tmp_path}",
     )
     configs = sorted(tmp_path.glob("*/.hydra/config.yaml"))
-    assert [path.parent.parent.name for path in configs] == ["0", "1"]
-    assert ["assigner: fcos" in path.read_text() for path in configs] == [False, True]
+    assert [path.parent.parent.name for path in configs] == ["0", "1", "2"]
+    targets = [OmegaConf.load(path).model.assigner._target_ for path in configs]
+    assert targets == [
+        "kldet.assign.AliTSMAssigner",
+        "kldet.assign.FCOSAssigner",
+        "kldet.assign.ATSSAssigner",
+    ]
     assert all((path.parent.parent / "metrics.json").is_file() for path in configs)
 
 

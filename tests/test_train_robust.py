@@ -2,6 +2,7 @@
 empty data, Ctrl-C, every logger, DDP and bf16. Each bad input is made here and must give exit status 1
 and one line naming the key or file, before training starts."""
 
+import dataclasses
 import importlib.util
 import json
 import logging
@@ -83,15 +84,23 @@ def train_fails(monkeypatch, capsys, *argv, base=TINY) -> str:
         ("data.batch_size=two", "data.batch_size='two': must be an integer"),
         ("trainer.max_epochs=abc", "trainer.max_epochs='abc': must be an integer or null"),
         ("data.hflip=1.5", "data.hflip=1.5: must be in [0, 1]"),
-        ("model.nms_thresh=-0.1", "model.nms_thresh=-0.1: must be in [0, 1]"),
-        ("model.topk=[3,-1]", "model.topk=[3, -1]: must be >= 0"),
-        ("optim.milestones=[8,x]", "optim.milestones=[8, 'x']: must be a list, each item an integer"),
-        ("optim.lr=0", "optim.lr=0: must be > 0"),
-        ("optim.warmup=cosine", "optim.warmup='cosine': choose one of constant, linear, none"),
+        ("model.postprocess.nms_thresh=-0.1", "model.postprocess.nms_thresh=-0.1: must be in [0, 1]"),
+        ("scheduler.milestones=[8,x]", "scheduler.milestones=[8, 'x']: must be a list, each item an integer"),
+        ("optimizer.lr=0", "optimizer.lr=0: must be > 0"),
+        ("scheduler.warmup=cosine", "scheduler.warmup='cosine': choose one of constant, linear, none"),
+        ("model.assigner.topk=[3,-1]", "model.assigner.topk=[3, -1]: must be >= 0"),
+        (
+            "model.postprocess.candidates=top",
+            "model.postprocess.candidates='top': choose one of points, pairs",
+        ),
         ("trainer.precision=half", "trainer.precision='half': must be one of"),
         ("module.metric=map", "module.metric='map': choose one of aitod, coco, voc"),
         ("model.style=caffee", "model.style='caffee': choose one of pytorch, caffe"),
-        ("model.candidates=all", "model.candidates='all': choose one of points, pairs"),
+        (
+            "model.assigner._target_=kldet.assign.Nope",
+            "model.assigner._target_='kldet.assign.Nope': cannot be",
+        ),
+        ("optimizer._target_=torch.optim.Nope", "optimizer._target_='torch.optim.Nope': cannot be imported"),
         ("data.difficult=maybe", "data.difficult='maybe': choose one of object, ignore"),
         ("seed=-1", "seed=-1: must be in [0, 4.29497e+09]"),
     ],
@@ -229,16 +238,20 @@ def test_kldet_eval_applies_post_processing_keys_and_refuses_network_keys(
     ckpt = trained / "checkpoints" / "best.ckpt"
     val = [f"data.val_ann={coco_files['val_ann']}", f"data.val_images={coco_files['val_images']}"]
     base = [f"ckpt={ckpt}", "data=coco", *val, "data.max_size=64", f"paths.data_dir={tmp_path}", "split=val"]
-    options = ["model.candidates=pairs", "model.score_thresh=0.2", "model.max_detections=7"]
+    options = [
+        "model.postprocess.candidates=pairs",
+        "model.postprocess.score_thresh=0.2",
+        "model.postprocess.max_detections=7",
+    ]
     assert kldet_eval([*base, *options, f"out={tmp_path / 'm.json'}"]) == 0, capsys.readouterr().err
-    applied = loaded[-1].model.postprocess_options
+    applied = dataclasses.asdict(loaded[-1].model.postprocessor)
     assert set(applied) == set(POSTPROCESS_KEYS)
     assert (applied["candidates"], applied["score_thresh"], applied["max_detections"]) == ("pairs", 0.2, 7)
     assert kldet_eval([*base, "model.channels=8"]) == 1
     line = one_error_line(capsys)
     assert (
         "model.channels: kldet-eval takes the network from the checkpoint" in line
-        and "model.candidates" in line
+        and "model.postprocess.candidates" in line
     )
 
 

@@ -1,8 +1,10 @@
 """Load a trained detector from a Lightning checkpoint without importing Lightning.
 
 A checkpoint written by :class:`kldet.lit.KLDetModule` is a ``torch.save`` dict whose
-``hyper_parameters`` hold plain dicts: ``model`` (the :class:`kldet.model.KLDet` keyword arguments,
-``num_classes`` included), ``classes`` (names), ``category_ids`` (the data set's own ids, for result files;
+``hyper_parameters`` hold plain dicts: ``model`` (the detector's spec: ``{"_target_": a builder such as
+"kldet.model.kldet_r50_caffe", "num_classes": C, ..., "assigner": {"_target_": ...}, "postprocess": {...}}``,
+rebuilt with :func:`kldet.spec.instantiate`; checkpoints of kldet before the composed detector hold the
+flat keyword arguments of the old ``KLDet`` and are read too), ``classes`` (names), ``category_ids`` (the data set's own ids, for result files;
 None means 1..C) and ``preprocess`` (``channel_order`` "RGB" or "BGR", ``mean``, ``std``, ``size_divisor``,
 ``max_size``, ``resize``: :func:`kldet.data.transforms.resize_policy`); ``state_dict`` keys are ``"model."`` + the KLDet state dict keys. The input normalisation
 (``channel_order``, ``mean``, ``std``) follows the model's backbone ``style`` (see
@@ -19,16 +21,16 @@ from typing import Any
 
 import torch
 
+from kldet.data.dataset import SIZE_DIVISOR
 from kldet.data.transforms import recorded_resize_policy
-from kldet.errors import KLDetError
+from kldet.errors import KLDetConfigError, KLDetError
 from kldet.model import InputNormalization, KLDet
+from kldet.spec import instantiate, merge
 
 STATE_PREFIX = "model."
 REQUIRED_HYPER_PARAMETERS = ("model", "classes")
 #: The ``hyper_parameters["preprocess"]`` keys kldet-train writes (see the module docstring).
 PREPROCESS_KEYS = ("channel_order", "mean", "std", "size_divisor", "max_size", "resize")
-#: Images are padded to a multiple of this (:func:`kldet.data.collate`).
-DEFAULT_SIZE_DIVISOR = 32
 
 
 def load_detector(
@@ -41,10 +43,11 @@ def load_detector(
     Args:
         path: a ``.ckpt`` file (see the module docstring for its layout).
         map_location: device the weights are loaded to (the model is moved there too).
-        overrides: KLDet keyword arguments to change, e.g. ``{"score_thresh": 0.3}`` for inference.
+        overrides: changes to the model spec, merged into it (:func:`kldet.spec.merge`), e.g.
+            ``{"postprocess": {"score_thresh": 0.3}}`` for inference.
 
     Returns:
-        the model and the metadata: ``{"model": kwargs used, "classes", "category_ids", "preprocess",
+        the model and the metadata: ``{"model": the spec used, "classes", "category_ids", "preprocess",
         "hyper_parameters"}``; ``preprocess`` is the stored dict (``{}`` when the checkpoint has none) with
         ``channel_order``, ``mean`` and ``std`` always present (filled in from the model's style where
         missing); ``hyper_parameters`` is the checkpoint's own, as stored (so nothing reads the file twice).
@@ -57,15 +60,15 @@ def load_detector(
     hyper_parameters = checkpoint["hyper_parameters"]
 
     # The checkpoint's weights replace the backbone's initial ones, so never read pretrained files.
-    model_kwargs = {**hyper_parameters["model"], "weights": None, **(overrides or {})}
+    spec = merge(model_spec(hyper_parameters["model"]), {"weights": None, **(overrides or {})})
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*starts from random weights")
-            model = KLDet(**model_kwargs)
-    except TypeError as error:
-        raise KLDetError(
-            f"checkpoint {path}: hyper_parameters['model'] does not fit KLDet ({error})"
-        ) from error
+            model = instantiate(spec)
+    except KLDetConfigError as error:
+        raise KLDetError(f"checkpoint {path}: its model does not build ({error})") from None
+    if not isinstance(model, KLDet):
+        raise KLDetError(f"checkpoint {path}: its model spec builds a {type(model).__name__}, not a KLDet")
     state = {
         key[len(STATE_PREFIX) :]: value
         for key, value in checkpoint["state_dict"].items()
@@ -78,16 +81,14 @@ def load_detector(
     # A model trained without data-set ids (category_ids None) writes COCO's usual 1..C.
     category_ids = hyper_parameters.get("category_ids") or range(1, model.num_classes + 1)
     meta = {
-        "model": model_kwargs,
+        "model": spec,
         "classes": [str(name) for name in hyper_parameters["classes"]],
         "category_ids": [int(c) for c in category_ids],
         "preprocess": dict(hyper_parameters.get("preprocess") or {}),
         "hyper_parameters": hyper_parameters,
     }
     try:
-        normalization = InputNormalization.from_preprocess(
-            meta["preprocess"], model_kwargs.get("style", "pytorch")
-        )
+        normalization = InputNormalization.from_preprocess(meta["preprocess"], backbone_style(model))
     except KLDetError as error:
         raise KLDetError(f"checkpoint {path}: preprocess {error}") from None
     meta["preprocess"].update(normalization.as_preprocess())
@@ -97,6 +98,42 @@ def load_detector(
             f"and {len(meta['category_ids'])} category ids"
         )
     return model.to(map_location).eval(), meta
+
+
+def backbone_style(model: KLDet) -> str:
+    """The model's backbone style ("caffe" or "pytorch"), which fixes its input normalisation."""
+    return getattr(model.backbone, "style", "pytorch")
+
+
+# The flat KLDet keywords of checkpoints written before the composed detector, by the part they set.
+_LEGACY_ASSIGNERS = {
+    "alitsm": (
+        "kldet.assign.AliTSMAssigner",
+        ("prior_fraction", "topk", "alpha", "beta", "alpha_m", "ratio"),
+    ),
+    "fcos": ("kldet.assign.FCOSAssigner", ("center_sampling", "center_radius", "regress_ranges")),
+}
+_LEGACY_POSTPROCESS = ("score_thresh", "nms_thresh", "pre_nms_topk", "max_detections", "candidates")
+
+
+def model_spec(stored: dict[str, Any]) -> dict[str, Any]:
+    """The model spec of a checkpoint's ``hyper_parameters["model"]``: as stored, or converted from the
+    flat keywords of an older kldet (``assigner: "alitsm"``, ``topk``, ``score_thresh``, ...)."""
+    if "_target_" in stored:
+        return dict(stored)
+    flat = dict(stored)
+    target, keys = _LEGACY_ASSIGNERS[flat.pop("assigner", "alitsm")]
+    assigner = {"_target_": target, **{key: flat[key] for key in keys if key in flat}}
+    for _, other_keys in _LEGACY_ASSIGNERS.values():
+        for key in other_keys:
+            flat.pop(key, None)
+    postprocess = {key: flat.pop(key) for key in _LEGACY_POSTPROCESS if key in flat}
+    return {
+        "_target_": "kldet.model.kldet_resnet_fpn",
+        **flat,
+        "assigner": assigner,
+        "postprocess": {"_target_": "kldet.model.PostProcess", **postprocess},
+    }
 
 
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -136,7 +173,7 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 def save_detector(
     path: str | os.PathLike,
     model: KLDet,
-    model_kwargs: dict[str, Any],
+    model_spec: dict[str, Any],
     classes: list[str],
     category_ids: list[int] | None = None,
     preprocess: dict[str, Any] | None = None,
@@ -149,7 +186,8 @@ def save_detector(
     Args:
         path: the ``.ckpt`` file to write (missing parent folders are made).
         model: the detector; its ``state_dict`` is stored under ``"model."`` + its keys.
-        model_kwargs: the KLDet keyword arguments that rebuild ``model``, ``num_classes`` included.
+        model_spec: the spec that rebuilds ``model`` (:mod:`kldet.spec`), e.g.
+            ``{"_target_": "kldet.model.kldet_r18", "num_classes": 3, "weights": None}``.
         classes: class names, index = 0-based label.
         category_ids: the data set's own id of each class, for result files (None: 1..C).
         preprocess: how the model's input images were made, with the keys of :data:`PREPROCESS_KEYS`:
@@ -168,10 +206,10 @@ def save_detector(
     """
     path = Path(path)
     if preprocess is not None:
-        preprocess = _complete_preprocess(path, preprocess, model_kwargs.get("style", "pytorch"))
+        preprocess = _complete_preprocess(path, preprocess, backbone_style(model))
     path.parent.mkdir(parents=True, exist_ok=True)
     hyper_parameters = {
-        "model": dict(model_kwargs),
+        "model": dict(model_spec),
         "classes": list(classes),
         "category_ids": None if category_ids is None else list(category_ids),
         "preprocess": preprocess,
@@ -192,7 +230,7 @@ def _complete_preprocess(path: Path, preprocess: dict[str, Any], style: str) -> 
     except KLDetError as error:
         raise KLDetError(f"save_detector {path}: preprocess {error}") from None
     return {
-        "size_divisor": DEFAULT_SIZE_DIVISOR,
+        "size_divisor": SIZE_DIVISOR,
         **preprocess,
         **normalization.as_preprocess(),
         **recorded_resize_policy(preprocess),

@@ -26,6 +26,7 @@ from kldet.data import (
     read_dataset,
 )
 from kldet.data.coco import categories_of
+from kldet.data.dataset import SIZE_DIVISOR
 from kldet.data.dior import DIFFICULT_MODES
 from kldet.errors import KLDetConfigError, KLDetDataError
 from kldet.model.normalization import InputNormalization
@@ -88,7 +89,7 @@ class KLDetDataModule(L.LightningDataModule):
         test_images: str | None = None,
         batch_size: int = 2,
         eval_batch_size: int | None = None,
-        num_workers: int = 2,
+        num_workers: int = 4,
         persistent_workers: bool = True,
         pin_memory: bool | None = None,
         lenient: bool = False,
@@ -97,7 +98,7 @@ class KLDetDataModule(L.LightningDataModule):
         hflip: float = 0.5,
         vflip: float = 0.0,
         rotate90: float = 0.0,
-        size_divisor: int = 32,
+        size_divisor: int = SIZE_DIVISOR,
         difficult: str = "object",
         filter_empty_gt: bool = False,
         normalization: InputNormalization | Mapping[str, Any] | None = None,

@@ -1,13 +1,13 @@
 """KLDetModule: the LightningModule that trains and evaluates a :class:`kldet.model.KLDet`.
 
 Lightning owns devices, DDP, AMP, gradient clipping, checkpoints and loggers; this module owns the
-steps and builds the SGD optimiser and the warm-up + multi-step learning-rate schedule of
-``KLDET_SPEC.md`` section 6 from :mod:`kldet.optim`.
+steps and builds the detector, the optimiser and the learning-rate schedule from their specs
+(``_target_`` configs, :mod:`kldet.spec`) with the parameter groups of :mod:`kldet.optim`.
 """
 
 from __future__ import annotations
 
-import functools
+import inspect
 import logging
 import math
 import os
@@ -25,13 +25,14 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor
 
-from kldet.checkpoint import load_detector
+from kldet.checkpoint import backbone_style, load_detector
 from kldet.data.transforms import recorded_resize_policy
 from kldet.errors import KLDetConfigError, KLDetError
 from kldet.evaluation import LRP_KEYS, DetectionMetric, sample_ground_truth
 from kldet.inference.render import draw_validation_image
 from kldet.model import InputNormalization, KLDet
-from kldet.optim import DEFAULT_OPTIM, WARMUP_KINDS, lr_factor, param_groups, scaled_lr
+from kldet.optim import param_groups, scaled_lr
+from kldet.spec import instantiate
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +64,22 @@ class KLDetModule(L.LightningModule):
     path that tiles and resizes as the checkpoint says.
 
     Args:
-        model: KLDet keyword arguments without ``num_classes`` (taken from ``classes``).
+        model: the detector's spec (:mod:`kldet.spec`), e.g. ``{"_target_": "kldet.model.kldet_r50_caffe",
+            "assigner": {"_target_": "kldet.assign.AliTSMAssigner"}}``; ``num_classes`` is taken from
+            ``classes``. Only ``kldet.`` targets (what a checkpoint may name).
         classes: class names, index = 0-based label.
         category_ids: the data set's own category id of each class (for results files).
-        optim: overrides of :data:`DEFAULT_OPTIM` (unknown keys are an error).
+        optimizer: spec of a partial optimiser called with the parameter groups, e.g.
+            ``{"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.0025, "momentum": 0.9,
+            "weight_decay": 1e-4}`` (``conf/optimizer/``); its ``lr`` and ``weight_decay`` are those of
+            the "weight" group. None: evaluation only (no optimiser can be configured).
+        scheduler: spec of a callable taking the optimiser (and ``steps_per_epoch`` when it names that
+            argument) and returning a per-update scheduler, e.g. ``{"_target_":
+            "kldet.optim.WarmupMultiStep"}`` (``conf/scheduler/``); None: a constant learning rate.
+        bias_lr_factor, bias_weight_decay, norm_weight_decay: the "bias" and "norm" parameter groups
+            (:func:`kldet.optim.param_groups`; spec section 6: biases at twice the lr, no decay).
+        auto_scale_lr: scale the lr by (images per update over all processes) / ``base_batch_size``.
+        base_batch_size: the batch the optimiser's lr is right for.
         metric: "aitod", "coco" or "voc" — which :class:`~kldet.evaluation.DetectionMetric` to use.
         preprocess: ``{"channel_order", "mean", "std", "size_divisor", "max_size"}`` the data module
             applied, kept in the checkpoint so inference can repeat it (see :mod:`kldet.checkpoint`);
@@ -82,7 +95,13 @@ class KLDetModule(L.LightningModule):
         model: Mapping[str, Any],
         classes: Sequence[str],
         category_ids: Sequence[int] | None = None,
-        optim: Mapping[str, Any] | None = None,
+        optimizer: Mapping[str, Any] | None = None,
+        scheduler: Mapping[str, Any] | None = None,
+        bias_lr_factor: float = 2.0,
+        bias_weight_decay: float = 0.0,
+        norm_weight_decay: float = 0.0,
+        auto_scale_lr: bool = False,
+        base_batch_size: int = 2,
         metric: str = "aitod",
         preprocess: Mapping[str, Any] | None = None,
         num_logged_images: int = 4,
@@ -95,24 +114,29 @@ class KLDetModule(L.LightningModule):
             raise KLDetConfigError(
                 f"model.num_classes={num_classes} but the data set has {len(classes)} classes"
             )
-        optim = _plain(optim or {})
-        unknown = sorted(set(optim) - set(DEFAULT_OPTIM))
-        if unknown:
-            raise KLDetConfigError(f"unknown optim keys {unknown}; known: {sorted(DEFAULT_OPTIM)}")
-        if optim.get("warmup", "constant") not in WARMUP_KINDS:
-            raise KLDetConfigError(f"optim.warmup={optim['warmup']!r}; choose one of {WARMUP_KINDS}")
         self.save_hyperparameters(
             {
-                "model": {"num_classes": num_classes, **model},
+                "model": {**model, "num_classes": num_classes},
                 "classes": classes,
                 "category_ids": list(_plain(category_ids)) if category_ids is not None else None,
-                "optim": {**DEFAULT_OPTIM, **optim},
+                "optimizer": _plain(optimizer),
+                "scheduler": _plain(scheduler),
+                "bias_lr_factor": bias_lr_factor,
+                "bias_weight_decay": bias_weight_decay,
+                "norm_weight_decay": norm_weight_decay,
+                "auto_scale_lr": auto_scale_lr,
+                "base_batch_size": base_batch_size,
                 "metric": metric,
                 "preprocess": _with_resize_policy(_plain(preprocess)) if preprocess is not None else None,
                 "num_logged_images": num_logged_images,
             }
         )
-        self.model = KLDet(**self.hparams["model"])
+        # The optimiser and schedule are built now, once, so a bad spec fails before any data is read.
+        self._optimizer = instantiate(self.hparams["optimizer"], allowed=None)
+        self._scheduler = instantiate(self.hparams["scheduler"], allowed=None)
+        self.model = instantiate(self.hparams["model"])
+        if not isinstance(self.model, KLDet):
+            raise KLDetConfigError(f"model._target_={model.get('_target_')!r} builds no KLDet")
         self.val_metric = DetectionMetric(metric, classes)
         self.test_metric = DetectionMetric(metric, classes)
         # Unreadable files the data sets skipped this epoch, by stage (lenient loading only).
@@ -126,11 +150,12 @@ class KLDetModule(L.LightningModule):
         metric: str | None = None,
         overrides: Mapping[str, Any] | None = None,
     ) -> KLDetModule:
-        """The module of a kldet-train checkpoint, read with :func:`kldet.checkpoint.load_detector` (so no
-        pretrained backbone file is needed); ``metric`` replaces the evaluation kind it was trained with,
-        ``overrides`` KLDet keywords (e.g. post-processing settings) as in ``load_detector``."""
+        """The module of a kldet-train checkpoint, for evaluation, read with
+        :func:`kldet.checkpoint.load_detector` (so no pretrained backbone file is needed); ``metric``
+        replaces the evaluation kind it was trained with, ``overrides`` change the model spec as in
+        ``load_detector`` (e.g. ``{"postprocess": {"score_thresh": 0.3}}``)."""
         detector, meta = load_detector(path, map_location, overrides=dict(overrides or {}))
-        hyper_parameters = meta["hyper_parameters"]  # the optimiser settings and metric kind
+        hyper_parameters = meta["hyper_parameters"]
         with warnings.catch_warnings():
             # The detector built here is replaced by the loaded one at once.
             warnings.filterwarnings("ignore", message=".*starts from random weights")
@@ -138,7 +163,6 @@ class KLDetModule(L.LightningModule):
                 model=meta["model"],
                 classes=meta["classes"],
                 category_ids=meta["category_ids"],
-                optim=hyper_parameters.get("optim"),
                 metric=metric or hyper_parameters.get("metric", "aitod"),
                 preprocess=meta["preprocess"] or None,
                 num_logged_images=0,
@@ -149,9 +173,7 @@ class KLDetModule(L.LightningModule):
     @property
     def normalization(self) -> InputNormalization:
         """How the input images were normalised: ``preprocess``, completed by the model's style."""
-        return InputNormalization.from_preprocess(
-            self.hparams["preprocess"], self.hparams["model"].get("style", "pytorch")
-        )
+        return InputNormalization.from_preprocess(self.hparams["preprocess"], backbone_style(self.model))
 
     def forward(self, images: Tensor) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
         """Raw per-level maps of the detector (see :meth:`kldet.model.KLDet.forward`)."""
@@ -275,35 +297,30 @@ class KLDetModule(L.LightningModule):
                 logger.log_image("val/images", [drawing.permute(1, 2, 0).numpy() for drawing in drawings])
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optim = self.hparams["optim"]
-        lr = optim["lr"]
-        steps_per_epoch = self._steps_per_epoch()
-        if optim["auto_scale_lr"]:
-            lr = scaled_lr(lr, optim["base_batch_size"], self._total_batch_size())
-        optimizer = torch.optim.SGD(
-            param_groups(
-                self.model,
-                lr=lr,
-                weight_decay=optim["weight_decay"],
-                bias_lr_factor=optim["bias_lr_factor"],
-                bias_weight_decay=optim["bias_weight_decay"],
-                norm_weight_decay=optim["norm_weight_decay"],
-            ),
+        if self._optimizer is None:
+            raise KLDetConfigError("KLDetModule was built without an optimizer spec: it cannot train")
+        hparams = self.hparams
+        lr = self._optimizer.keywords.get("lr")
+        if lr is None:
+            raise KLDetConfigError(
+                f"optimizer {self._optimizer.func.__name__}: give its lr (optimizer.lr=...)"
+            )
+        if hparams["auto_scale_lr"]:
+            lr = scaled_lr(lr, hparams["base_batch_size"], self._total_batch_size())
+        groups = param_groups(
+            self.model,
             lr=lr,
-            momentum=optim["momentum"],
+            weight_decay=self._optimizer.keywords.get("weight_decay"),
+            bias_lr_factor=hparams["bias_lr_factor"],
+            bias_weight_decay=hparams["bias_weight_decay"],
+            norm_weight_decay=hparams["norm_weight_decay"],
         )
-        # A partial (not a stateful object) so that a resumed run restores only the step count and
-        # recomputes the schedule from its own configuration.
-        schedule = functools.partial(
-            lr_factor,
-            steps_per_epoch=steps_per_epoch,
-            milestones=tuple(optim["milestones"]),
-            gamma=optim["gamma"],
-            warmup=optim["warmup"],
-            warmup_steps=optim["warmup_steps"],
-            warmup_factor=optim["warmup_factor"],
-        )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        optimizer = self._optimizer(groups, lr=lr)
+        if self._scheduler is None:
+            return {"optimizer": optimizer}
+        accepts = inspect.signature(self._scheduler).parameters
+        extra = {"steps_per_epoch": self._steps_per_epoch()} if "steps_per_epoch" in accepts else {}
+        scheduler = self._scheduler(optimizer, **extra)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def _steps_per_epoch(self) -> int:
@@ -311,15 +328,16 @@ class KLDetModule(L.LightningModule):
         trainer = self.trainer
         # Reading estimated_stepping_batches makes Lightning load the train dataloader if needed.
         if trainer.estimated_stepping_batches == float("inf") or trainer.num_training_batches == float("inf"):
-            raise KLDetConfigError("optim.milestones are in epochs: the train dataloader needs a length")
+            raise KLDetConfigError("scheduler.milestones are in epochs: the train dataloader needs a length")
         return max(1, math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches))
 
     def _total_batch_size(self) -> int:
         """Images per optimiser update over all processes: batch size x devices x nodes x accumulation."""
         trainer = self.trainer
+        trainer.estimated_stepping_batches  # noqa: B018 (reading it makes Lightning load the train dataloader)
         batch_size = getattr(trainer.train_dataloader, "batch_size", None)
         if batch_size is None:
-            raise KLDetConfigError("optim.auto_scale_lr needs a train dataloader with a fixed batch_size")
+            raise KLDetConfigError("module.auto_scale_lr needs a train dataloader with a fixed batch_size")
         return batch_size * trainer.world_size * trainer.accumulate_grad_batches
 
 

@@ -15,10 +15,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from kldet.assign.alitsm import alitsm_assign
-from kldet.assign.atss import atss_assign
-from kldet.assign.fcos import fcos_assign
-from kldet.assign.priors import points_and_strides, receptive_field_priors
+from kldet.assign.assigners import AliTSMAssigner, ATSSAssigner, FCOSAssigner, point_grid
 from kldet.data.aitod import AITOD_CLASSES
 from kldet.data.stats import SIZE_BIN_EDGES, SIZE_BINS, box_sizes
 from kldet.data.synthetic import synthesize_image
@@ -62,18 +59,20 @@ def compare_assigners(
         cls_logits: (N, num_classes) Ali-TSM scores on the P2-P6 points; None for the constant
             :data:`INITIAL_LOGIT`.
     """
-    p3_points, p3_strides = points_and_strides(image_size, P3_P7_STRIDES)
-    p2_points, p2_strides = points_and_strides(image_size, P2_P6_STRIDES)
-    _, priors = receptive_field_priors(image_size, P2_P6_STRIDES)
+    p3 = point_grid(tuple(image_size), P3_P7_STRIDES, gt_boxes.device)
+    p2 = point_grid(tuple(image_size), P2_P6_STRIDES, gt_boxes.device)
     if cls_logits is None:
-        cls_logits = torch.full((len(priors), num_classes), INITIAL_LOGIT)
+        cls_logits = torch.full((len(p2.points), num_classes), INITIAL_LOGIT)
+    # The assigners with their training defaults, as kldet-train's assigner=fcos|atss|alitsm.
+    runs = {
+        "FCOS P3-P7": (FCOSAssigner(), p3),
+        "FCOS P2-P6": (FCOSAssigner(), p2),
+        "ATSS P2-P6": (ATSSAssigner(), p2),
+        "Ali-TSM P2-P6": (AliTSMAssigner(), p2),
+    }
     return {
-        "FCOS P3-P7": Assignment(p3_points, p3_strides, fcos_assign(p3_points, p3_strides, gt_boxes)),
-        "FCOS P2-P6": Assignment(p2_points, p2_strides, fcos_assign(p2_points, p2_strides, gt_boxes)),
-        "ATSS P2-P6": Assignment(p2_points, p2_strides, atss_assign(p2_points, p2_strides, gt_boxes)),
-        "Ali-TSM P2-P6": Assignment(
-            p2_points, p2_strides, alitsm_assign(cls_logits, priors, gt_boxes, gt_labels)
-        ),
+        name: Assignment(grid.points, grid.point_strides, assigner(grid, cls_logits, gt_boxes, gt_labels))
+        for name, (assigner, grid) in runs.items()
     }
 
 
@@ -120,7 +119,7 @@ def synthetic_assignment_statistics(
             state at initialisation), drawn from ``torch.Generator().manual_seed(seed)``.
     """
     generator = torch.Generator().manual_seed(seed)
-    num_priors = len(points_and_strides((image_size, image_size), P2_P6_STRIDES)[0])
+    num_priors = len(point_grid((image_size, image_size), P2_P6_STRIDES, torch.device("cpu")).points)
     num_classes = len(AITOD_CLASSES)
     boxes, positives = [], {}
     for i in range(num_images):

@@ -1,6 +1,8 @@
-"""Label assignment: receptive-field priors, the Ali-TSM and FCOS assigners, per-point targets."""
+"""Label assignment: receptive-field priors, the Ali-TSM, FCOS and ATSS assigners (functions and the
+assigner objects a detector is handed), per-point targets."""
 
 from kldet.assign.alitsm import alitsm_assign, log_stage1_metric, stage2_metric
+from kldet.assign.assigners import AliTSMAssigner, Assigner, ATSSAssigner, FCOSAssigner, PointGrid, point_grid
 from kldet.assign.atss import atss_assign
 from kldet.assign.fcos import FCOS_REGRESS_RANGES, fcos_assign
 from kldet.assign.priors import (
@@ -12,6 +14,11 @@ from kldet.assign.priors import (
 from kldet.assign.targets import build_targets
 
 __all__ = [
+    "ATSSAssigner",
+    "AliTSMAssigner",
+    "Assigner",
+    "FCOSAssigner",
+    "PointGrid",
     "FCOS_REGRESS_RANGES",
     "THEORETICAL_RECEPTIVE_FIELD",
     "alitsm_assign",
@@ -20,6 +27,7 @@ __all__ = [
     "fcos_assign",
     "feature_sizes",
     "log_stage1_metric",
+    "point_grid",
     "points_and_strides",
     "receptive_field_priors",
     "stage2_metric",

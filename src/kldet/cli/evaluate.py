@@ -101,19 +101,20 @@ def checkpoint_config(overrides: list[str]) -> DictConfig:
 
 
 def postprocess_overrides(cfg: DictConfig, overrides: list[str]) -> dict[str, object]:
-    """The ``model.*`` keys given on the command line, which must be post-processing settings (the network
-    comes from the checkpoint): ``{key: value}`` with the composed, validated values."""
+    """The ``model.postprocess.*`` keys given on the command line (the only model keys that apply: the
+    network comes from the checkpoint) as ``{"postprocess": {key: value}}`` with the composed, validated
+    values, the model-spec overrides of :func:`kldet.checkpoint.load_detector`."""
     from kldet.model.postprocess import POSTPROCESS_KEYS
 
     keys = (arg.split("=", 1)[0].lstrip("+~") for arg in overrides)
     given = [key.removeprefix("model.") for key in keys if key.startswith("model.")]
     for key in given:
-        if key not in POSTPROCESS_KEYS:
+        if key.removeprefix("postprocess.") not in POSTPROCESS_KEYS:
             raise KLDetConfigError(
                 f"model.{key}: kldet-eval takes the network from the checkpoint; of the model keys it only "
-                f"changes the post-processing: {', '.join('model.' + k for k in POSTPROCESS_KEYS)}"
+                f"changes the post-processing: {', '.join('model.postprocess.' + k for k in POSTPROCESS_KEYS)}"
             )
-    return {key: cfg.model[key] for key in given}
+    return {"postprocess": {key: cfg.model.postprocess[key] for key in (k.split(".")[1] for k in given)}}
 
 
 def evaluate_checkpoint(cfg: DictConfig, overrides: list[str] = ()) -> dict[str, float]:

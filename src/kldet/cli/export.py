@@ -87,7 +87,7 @@ def export(config: ExportConfig) -> Path:
         "strides": list(model.strides),
         "classes": meta["classes"],
         "category_ids": meta["category_ids"],
-        "postprocess": dict(model.postprocess_options),
+        "postprocess": dataclasses.asdict(model.postprocessor),
     }
     path.with_name(path.name + ".json").write_text(json.dumps(sidecar, indent=2))
     return path

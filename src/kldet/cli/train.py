@@ -32,6 +32,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from kldet.checkpoint import read_checkpoint
+from kldet.cli import signatures
 from kldet.cli.logs import FILE_ONLY, capture_warnings
 from kldet.cli.report import EXIT_ERROR, report_error
 from kldet.cli.validate import validate_config
@@ -49,6 +50,8 @@ CONFIG_DIR = str(
 )
 
 log = logging.getLogger(__name__)
+# The config nodes conf/ builds on (conf/model/*.yaml: defaults: [/signatures/model/<preset>@_here_]).
+signatures.register()
 
 
 def prepare_synthetic(root: str | Path, settings: Mapping[str, Any]) -> None:
@@ -104,7 +107,8 @@ def build_module(cfg: DictConfig, datamodule: KLDetDataModule) -> KLDetModule:
         model=cfg.model,
         classes=datamodule.classes,
         category_ids=datamodule.category_ids,
-        optim=cfg.optim,
+        optimizer=cfg.optimizer,
+        scheduler=cfg.get("scheduler"),
         preprocess={
             **datamodule.normalization.as_preprocess(),
             "size_divisor": datamodule.size_divisor,

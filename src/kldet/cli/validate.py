@@ -1,9 +1,9 @@
 """Checks a composed kldet-train / kldet-eval config before any data is read or model built.
 
 Which keys a group takes, and their types, come from what the group configures, read with
-:mod:`inspect`: ``data`` and every ``callbacks.*`` / ``logger.*`` entry from their ``_target_``, ``model``
-from :class:`kldet.model.KLDet`, ``module`` from :class:`kldet.lit.KLDetModule`, ``trainer`` from
-:class:`lightning.Trainer`, ``optim`` from :data:`kldet.optim.DEFAULT_OPTIM`, ``synthetic`` from
+:mod:`inspect`: ``data``, ``model`` (and its nested ``assigner`` and ``postprocess``), ``optimizer``,
+``scheduler`` and every ``callbacks.*`` / ``logger.*`` entry from their ``_target_``, ``module`` from
+:class:`kldet.lit.KLDetModule`, ``trainer`` from :class:`lightning.Trainer`, ``synthetic`` from
 :func:`kldet.data.synthetic.generate`. A keyword added to one of those is accepted and type-checked
 without changing this module; :data:`RANGES` and :data:`CHOICES` add the allowed values of the
 numeric and named keys. Every problem is one :class:`~kldet.errors.KLDetConfigError` line naming the
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections.abc
 import dataclasses
+import functools
 import inspect
 import math
 import pathlib
@@ -27,18 +28,17 @@ from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from kldet.cli.signatures import MODULE_INPUTS
 from kldet.data.dior import DIFFICULT_MODES
 from kldet.data.synthetic import generate
 from kldet.datamodule import FORMATS
 from kldet.errors import KLDetConfigError
 from kldet.evaluation import METRIC_KINDS
 from kldet.lit import KLDetModule
-from kldet.model import KLDet
 from kldet.model.backbone import NORM_LAYERS, RESNETS, STYLES
-from kldet.model.detector import ASSIGNERS
 from kldet.model.head import HEAD_NORMS
 from kldet.model.postprocess import CANDIDATE_RULES
-from kldet.optim import DEFAULT_OPTIM, WARMUP_KINDS
+from kldet.optim import WARMUP_KINDS
 
 # Hydra's instantiate keys, not arguments of the target.
 HYDRA_KEYS = frozenset({"_target_", "_partial_", "_recursive_", "_convert_", "_args_"})
@@ -89,29 +89,30 @@ RANGES: dict[str, Interval] = {
     "model.frozen_stages": Interval(-1, 4),
     "model.channels": AT_LEAST_ONE,
     "model.head_convs": NON_NEGATIVE,
-    "model.prior_fraction": POSITIVE,
-    "model.topk": NON_NEGATIVE,
-    "model.alpha": NON_NEGATIVE,
-    "model.beta": NON_NEGATIVE,
-    "model.alpha_m": FRACTION,
-    "model.ratio": Interval(0, 1, low_open=True),
-    "model.center_radius": POSITIVE,
-    "model.score_thresh": FRACTION,
-    "model.nms_thresh": FRACTION,
-    "model.pre_nms_topk": AT_LEAST_ONE,
-    "model.max_detections": AT_LEAST_ONE,
+    "model.assigner.prior_fraction": POSITIVE,
+    "model.assigner.topk": NON_NEGATIVE,
+    "model.assigner.alpha": NON_NEGATIVE,
+    "model.assigner.beta": NON_NEGATIVE,
+    "model.assigner.alpha_m": FRACTION,
+    "model.assigner.ratio": Interval(0, 1, low_open=True),
+    "model.assigner.center_radius": POSITIVE,
+    "model.assigner.anchor_scale": POSITIVE,
+    "model.postprocess.score_thresh": FRACTION,
+    "model.postprocess.nms_thresh": FRACTION,
+    "model.postprocess.pre_nms_topk": AT_LEAST_ONE,
+    "model.postprocess.max_detections": AT_LEAST_ONE,
     "module.num_logged_images": NON_NEGATIVE,
-    "optim.lr": POSITIVE,
-    "optim.momentum": Interval(0, 1, high_open=True),
-    "optim.weight_decay": NON_NEGATIVE,
-    "optim.bias_lr_factor": NON_NEGATIVE,
-    "optim.bias_weight_decay": NON_NEGATIVE,
-    "optim.norm_weight_decay": NON_NEGATIVE,
-    "optim.warmup_steps": NON_NEGATIVE,
-    "optim.warmup_factor": Interval(0, 1, low_open=True),
-    "optim.milestones": NON_NEGATIVE,
-    "optim.gamma": POSITIVE,
-    "optim.base_batch_size": AT_LEAST_ONE,
+    "module.bias_lr_factor": NON_NEGATIVE,
+    "module.bias_weight_decay": NON_NEGATIVE,
+    "module.norm_weight_decay": NON_NEGATIVE,
+    "module.base_batch_size": AT_LEAST_ONE,
+    "optimizer.lr": POSITIVE,
+    "optimizer.momentum": Interval(0, 1, high_open=True),
+    "optimizer.weight_decay": NON_NEGATIVE,
+    "scheduler.warmup_steps": NON_NEGATIVE,
+    "scheduler.warmup_factor": Interval(0, 1, low_open=True),
+    "scheduler.milestones": NON_NEGATIVE,
+    "scheduler.gamma": POSITIVE,
     "trainer.num_nodes": AT_LEAST_ONE,
     "trainer.max_epochs": Interval(-1),
     "trainer.min_epochs": NON_NEGATIVE,
@@ -135,12 +136,11 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "data.difficult": DIFFICULT_MODES,
     "model.backbone": RESNETS,
     "model.style": STYLES,
-    "model.candidates": CANDIDATE_RULES,
+    "model.postprocess.candidates": CANDIDATE_RULES,
     "model.backbone_norm": tuple(NORM_LAYERS),
     "model.head_norm": HEAD_NORMS,
-    "model.assigner": ASSIGNERS,
     "module.metric": METRIC_KINDS,
-    "optim.warmup": WARMUP_KINDS,
+    "scheduler.warmup": WARMUP_KINDS,
     "trainer.gradient_clip_algorithm": ("norm", "value"),
     "split": ("val", "test"),
 }
@@ -162,8 +162,13 @@ def _parameters(target: Callable[..., Any], excluded: frozenset[str] = frozenset
     """Keyword arguments of ``target`` and their type hints (``Any`` where unknown); None when any key is
     accepted (``**kwargs`` that reach no class with a fixed signature).
 
-    A class whose ``__init__`` passes ``**kwargs`` on takes the keywords of its bases' ``__init__`` too.
+    A class whose ``__init__`` passes ``**kwargs`` on takes the keywords of its bases' ``__init__`` too;
+    a ``functools.partial`` (a preset) takes its function's, with its own defaults.
     """
+    if isinstance(target, functools.partial):
+        hints = _parameters(target.func, excluded)
+        accepted = inspect.signature(target).parameters
+        return None if hints is None else {name: hint for name, hint in hints.items() if name in accepted}
     functions = (
         [vars(cls)["__init__"] for cls in target.__mro__ if "__init__" in vars(cls)]
         if inspect.isclass(target)
@@ -186,27 +191,11 @@ def _parameters(target: Callable[..., Any], excluded: frozenset[str] = frozenset
     return None
 
 
-def _optim_hints() -> dict[str, Any]:
-    """Types of the optim keys, from the types of :data:`DEFAULT_OPTIM`'s values (an int for a float is fine)."""
-    hints: dict[str, Any] = {}
-    for key, default in DEFAULT_OPTIM.items():
-        if isinstance(default, list):
-            hints[key] = collections.abc.Sequence[type(default[0]) if default else Any]
-        else:
-            hints[key] = type(default)
-    return hints
-
-
 def group_schemas() -> dict[str, tuple[str, dict[str, Any] | None]]:
     """``group -> (what it configures, {key: type hint})`` for the groups without a ``_target_``."""
     return {
-        "model": ("KLDet", _parameters(KLDet, frozenset({"num_classes"}))),
-        "module": (
-            "KLDetModule",
-            _parameters(KLDetModule, frozenset({"model", "classes", "category_ids", "optim", "preprocess"})),
-        ),
+        "module": ("KLDetModule", _parameters(KLDetModule, frozenset(MODULE_INPUTS))),
         "trainer": ("lightning.Trainer", _parameters(L.Trainer, frozenset({"logger", "callbacks"}))),
-        "optim": ("optim", _optim_hints()),
         "synthetic": (
             "kldet.data.synthetic.generate",
             _parameters(generate, frozenset({"out", "format", "progress"})),
@@ -221,6 +210,9 @@ def describe(hint: Any) -> str:
         return " or ".join(dict.fromkeys(describe(arg) for arg in args))
     if origin is typing.Literal:
         return "one of " + ", ".join(map(str, args))
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        items = dict.fromkeys(describe(arg) for arg in args)
+        return f"a list of {len(args)}, each {' or '.join(items)}"
     if origin is not None and issubclass(origin, collections.abc.Sequence) and origin is not str:
         return f"a list, each item {describe(args[0])}" if args else "a list"
     if origin is not None and issubclass(origin, collections.abc.Mapping):
@@ -301,7 +293,11 @@ def _check_node(prefix: str, node: DictConfig, owner: str, hints: dict[str, Any]
         name = f"{prefix}.{key}"
         if hints is not None and key not in hints:
             raise KLDetConfigError(f"{name}: unknown key; {owner} takes {', '.join(sorted(hints))}")
-        check_value(name, node[key], Any if hints is None else hints[key])
+        value = node[key]
+        if isinstance(value, DictConfig) and "_target_" in value:
+            _check_target(name, value)  # a part built by its own target (model.assigner, ...)
+        else:
+            check_value(name, value, Any if hints is None else hints[key])
 
 
 def _check_target(prefix: str, node: DictConfig) -> None:
@@ -336,8 +332,12 @@ def _validate(cfg: Mapping[str, Any]) -> None:
             if not isinstance(node, DictConfig):
                 raise KLDetConfigError(f"{group}={node!r}: must be a mapping of {owner} keys")
             _check_node(group, node, owner, hints)
-    if cfg.get("data") is not None:
-        _check_target("data", cfg.data)
+    for group in ("data", "model", "optimizer", "scheduler"):
+        node = cfg.get(group)
+        if node is not None:
+            if not isinstance(node, DictConfig) or "_target_" not in node:
+                raise KLDetConfigError(f"{group}: must be a mapping with a _target_ (see conf/{group}/)")
+            _check_target(group, node)
     for group in ("callbacks", "logger"):
         for name, node in (cfg.get(group) or {}).items():
             if isinstance(node, DictConfig) and "_target_" in node:

@@ -125,14 +125,19 @@ class DetectionDataset(Dataset):
             self.transform.reseed(seed % 2**32)
 
 
-def padded_size(sizes: Sequence[tuple[int, int]], size_divisor: int = 32) -> tuple[int, int]:
+#: Images are zero-padded at the bottom/right to a multiple of this: the default of the data module, the
+#: Predictor and a checkpoint without its own ``size_divisor``.
+SIZE_DIVISOR = 32
+
+
+def padded_size(sizes: Sequence[tuple[int, int]], size_divisor: int = SIZE_DIVISOR) -> tuple[int, int]:
     """``(H, W)``: the smallest multiples of ``size_divisor`` that hold every ``(h_i, w_i)`` of ``sizes``."""
     height = math.ceil(max(h for h, _ in sizes) / size_divisor) * size_divisor
     width = math.ceil(max(w for _, w in sizes) / size_divisor) * size_divisor
     return height, width
 
 
-def collate(batch: Sequence[tuple[Tensor, dict]], size_divisor: int = 32) -> tuple[Tensor, list[dict]]:
+def collate(batch: Sequence[tuple[Tensor, dict]], size_divisor: int = SIZE_DIVISOR) -> tuple[Tensor, list[dict]]:
     """Stacks images zero-padded at the bottom and right to a common size divisible by ``size_divisor``.
 
     Args:

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from kldet.checkpoint import load_detector
-from kldet.data.dataset import padded_size
+from kldet.data.dataset import SIZE_DIVISOR, padded_size
 from kldet.data.transforms import recorded_resize_policy, resized_size
 from kldet.errors import KLDetConfigError
 from kldet.inference.sliced import sliced_predict, tile_count
@@ -65,7 +65,7 @@ class Predictor:
         category_ids: Sequence[int],
         *,
         normalization: InputNormalization = InputNormalization(),
-        size_divisor: int = 32,
+        size_divisor: int = SIZE_DIVISOR,
         tile_size: int = 800,
         overlap: float = 0.2,
         batch_size: int = 4,
@@ -87,7 +87,7 @@ class Predictor:
         self.normalization = normalization
         self.size_divisor = size_divisor
         self.tile_size, self.overlap, self.batch_size = tile_size, overlap, batch_size
-        self.iou_thresh = model.postprocess_options["nms_thresh"] if iou_thresh is None else iou_thresh
+        self.iou_thresh = model.postprocessor.nms_thresh if iou_thresh is None else iou_thresh
         self.max_detections = max_detections
         self.resize, self.train_resize = resize, dict(train_resize) if train_resize is not None else None
 
@@ -109,7 +109,9 @@ class Predictor:
         """
         overrides = {"score_thresh": score_thresh, "nms_thresh": nms_thresh, "candidates": candidates}
         model, meta = load_detector(
-            path, map_location=device, overrides={k: v for k, v in overrides.items() if v is not None}
+            path,
+            map_location=device,
+            overrides={"postprocess": {k: v for k, v in overrides.items() if v is not None}},
         )
         preprocess = meta["preprocess"]
         return cls(
@@ -117,7 +119,7 @@ class Predictor:
             meta["classes"],
             meta["category_ids"],
             normalization=InputNormalization.from_preprocess(preprocess),
-            size_divisor=preprocess.get("size_divisor") or 32,
+            size_divisor=preprocess.get("size_divisor") or SIZE_DIVISOR,
             train_resize=recorded_resize_policy(preprocess),
             **options,
         )

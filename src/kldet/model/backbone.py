@@ -259,7 +259,8 @@ class ResNetFPN(nn.Module):
             ResNets only). It must match the weights, and fixes the input normalisation
             (:func:`kldet.model.normalization.input_normalization`).
 
-    ``forward(images (B, 3, H, W)) -> [(B, channels, ceil(H / 2**k), ceil(W / 2**k)) for k in levels]``.
+    ``forward(images (B, 3, H, W)) -> [(B, channels, ceil(H / 2**k), ceil(W / 2**k)) for k in levels]``;
+    ``strides`` (2**k per level) and ``channels`` say what it gives (what :class:`kldet.model.KLDet` reads).
     """
 
     def __init__(
@@ -274,6 +275,8 @@ class ResNetFPN(nn.Module):
     ) -> None:
         super().__init__()
         self.levels = check_levels(levels)
+        self.strides = tuple(2**level for level in self.levels)
+        self.channels = channels
         self.style = style
         body = build_resnet(backbone, weights, norm, style)
         freeze_stages(body, frozen_stages)

@@ -58,6 +58,9 @@ class FCOSHead(nn.Module):
         prior_probability: float = 0.01,
     ) -> None:
         super().__init__()
+        self.num_classes = num_classes
+        self.num_levels = num_levels
+        self.channels = channels
         if norm not in HEAD_NORMS:
             raise KLDetConfigError(f"head_norm={norm!r}: choose None or 'GN'")
         self.cls_tower = conv_tower(channels, num_convs, norm)

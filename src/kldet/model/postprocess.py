@@ -1,5 +1,6 @@
 """Raw per-level head maps -> detections in original image pixels (KLDET_SPEC.md section 1)."""
 
+import dataclasses
 from collections.abc import Sequence
 
 import torch
@@ -12,14 +13,39 @@ from kldet.model.head import decode_boxes
 
 # How each level's candidates are chosen before NMS; see postprocess_detections.
 CANDIDATE_RULES = ("points", "pairs")
-#: The KLDet keywords that set post-processing (the rest define the network or its training).
-POSTPROCESS_KEYS = ("score_thresh", "nms_thresh", "pre_nms_topk", "max_detections", "candidates")
 
 
 def check_candidates(candidates: str) -> None:
     """Raises :class:`KLDetConfigError` unless ``candidates`` is one of :data:`CANDIDATE_RULES`."""
     if candidates not in CANDIDATE_RULES:
         raise KLDetConfigError(f"candidates={candidates!r}: choose one of {', '.join(CANDIDATE_RULES)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class PostProcess:
+    """The post-processing settings of a detector (KLDET_SPEC.md section 1), applied by calling it with
+    the arguments of :func:`postprocess_detections` before its keywords.
+
+    ``candidates`` "points" is the authors' rule (threshold on the raw class probability), "pairs"
+    torchvision's (threshold on the score); :func:`postprocess_detections` says what each field does.
+    ``dataclasses.replace(settings, score_thresh=0.3)`` changes one of them.
+    """
+
+    score_thresh: float = 0.05
+    nms_thresh: float = 0.5
+    pre_nms_topk: int = 3000
+    max_detections: int = 3000
+    candidates: str = "points"
+
+    def __post_init__(self) -> None:
+        check_candidates(self.candidates)
+
+    def __call__(self, *args, **kwargs) -> list[dict[str, Tensor]]:
+        return postprocess_detections(*args, **kwargs, **dataclasses.asdict(self))
+
+
+#: The post-processing settings, the fields of :class:`PostProcess`.
+POSTPROCESS_KEYS = tuple(field.name for field in dataclasses.fields(PostProcess))
 
 
 def postprocess_detections(
@@ -31,11 +57,11 @@ def postprocess_detections(
     image_sizes: Sequence[tuple[int, int]] | None = None,
     scale_factors: Sequence[tuple[float, float]] | None = None,
     *,
-    score_thresh: float = 0.05,
-    nms_thresh: float = 0.5,
-    pre_nms_topk: int = 3000,
-    max_detections: int = 3000,
-    candidates: str = "points",
+    score_thresh: float = PostProcess.score_thresh,
+    nms_thresh: float = PostProcess.nms_thresh,
+    pre_nms_topk: int = PostProcess.pre_nms_topk,
+    max_detections: int = PostProcess.max_detections,
+    candidates: str = PostProcess.candidates,
 ) -> list[dict[str, Tensor]]:
     """Decode, filter, NMS and rescale the raw outputs of :class:`kldet.model.KLDet`.
 

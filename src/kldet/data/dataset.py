@@ -137,7 +137,9 @@ def padded_size(sizes: Sequence[tuple[int, int]], size_divisor: int = SIZE_DIVIS
     return height, width
 
 
-def collate(batch: Sequence[tuple[Tensor, dict]], size_divisor: int = SIZE_DIVISOR) -> tuple[Tensor, list[dict]]:
+def collate(
+    batch: Sequence[tuple[Tensor, dict]], size_divisor: int = SIZE_DIVISOR
+) -> tuple[Tensor, list[dict]]:
     """Stacks images zero-padded at the bottom and right to a common size divisible by ``size_divisor``.
 
     Args:

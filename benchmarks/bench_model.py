@@ -13,6 +13,13 @@ shared machine barely disturb; ``--clock wall`` is what a user waits on an other
 Prints a markdown table: seconds per step and per image, and the ratio to torchvision's
 ``fcos_resnet50_fpn(weights=None, weights_backbone=None)`` (BatchNorm trained, nothing frozen).
 "torchvision FCOS, frozen" is the same network with stem + layer1 and BatchNorm frozen, as ours.
+
+    python benchmarks/bench_model.py --modes --iters 3   # number formats and memory layouts instead
+
+``--modes`` times, interleaved, fp32 / fp32 + channels_last / bf16 autocast / bf16 + channels_last for the
+synthetic experiment's model (the demo's: ResNet-18, 64-channel GroupNorm head, batch 4, 256 px, one
+training step as kldet-train runs it under ``precision=bf16-mixed``) and for KLDet R-50 inference at
+800 px (forward + post-processing, batch 1), with the ratio to fp32.
 """
 
 import argparse
@@ -112,6 +119,70 @@ def timed(function: Callable, model: torch.nn.Module, training: bool, clock: Cal
     return clock() - start
 
 
+MODES = {
+    "fp32": (None, False),
+    "fp32 + channels_last": (None, True),
+    "bf16": (torch.bfloat16, False),
+    "bf16 + channels_last": (torch.bfloat16, True),
+}
+
+
+def mode_step(model: KLDet, images: torch.Tensor, targets, training: bool, dtype, channels_last: bool):
+    """A training step or an inference of ``model`` in one number format and memory layout."""
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    model.to(memory_format=layout)
+    batch = images.contiguous(memory_format=layout)
+    autocast = torch.autocast("cpu", dtype=dtype, enabled=dtype is not None)
+    if training:
+        with autocast:
+            losses = model.loss(batch, targets)
+        sum(losses.values()).backward()
+    else:
+        with torch.no_grad():
+            with autocast:
+                maps = model(batch)
+            model.postprocess(*maps, tuple(batch.shape[-2:]))
+
+
+def run_modes(args, clock: Callable[[], float]) -> None:
+    """The ``--modes`` table (see the module docstring)."""
+    demo = kldet_resnet_fpn(
+        8,
+        backbone="resnet18",
+        backbone_norm="bn",
+        frozen_stages=-1,
+        channels=64,
+        head_convs=2,
+        head_norm="GN",
+    )
+    r50 = kldet_resnet_fpn(8).eval()
+    cases = {
+        "demo model, train step (batch 4, 256 px)": (demo, *synthetic_batch(4, 256, args.objects, 8), True),
+        "KLDet R-50, inference (batch 1, 800 px)": (r50, *synthetic_batch(1, 800, args.objects, 8), False),
+    }
+    times = {(case, mode): [] for case in cases for mode in MODES}
+    for iteration in range(args.iters + 1):
+        for case, (model, images, targets, training) in cases.items():
+            for mode, (dtype, channels_last) in MODES.items():
+                model.train(training)
+                model.zero_grad(set_to_none=True)
+                start = clock()
+                mode_step(model, images, targets, training, dtype, channels_last)
+                elapsed = clock() - start
+                print(f"round {iteration}: {case}, {mode}: {elapsed:.3f} s", file=sys.stderr)
+                if iteration > 0:
+                    times[case, mode].append(elapsed)
+    print(
+        f"\nCPU, {torch.get_num_threads()} thread(s); best of {args.iters} interleaved iterations after 1 warm-up\n"
+    )
+    print("| case | " + " | ".join(MODES) + " |")
+    print("|---" * (len(MODES) + 1) + "|")
+    for case in cases:
+        best = {mode: min(times[case, mode]) for mode in MODES}
+        cells = [f"{best[mode]:.3f} s ({best['fp32'] / best[mode]:.2f}x)" for mode in MODES]
+        print(f"| {case} | " + " | ".join(cells) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -125,12 +196,16 @@ def main() -> None:
         "--threads", type=int, default=torch.get_num_threads(), help="ignored with --clock cpu"
     )
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall")
+    parser.add_argument("--modes", action="store_true", help="compare number formats and memory layouts")
     args = parser.parse_args()
     threads = 1 if args.clock == "cpu" else args.threads
     torch.set_num_threads(threads)
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     warnings.filterwarnings("ignore", message=".*backbone starts from random weights")
     torch.manual_seed(0)
+    if args.modes:
+        run_modes(args, clock)
+        return
 
     models: dict[str, torch.nn.Module] = {
         "torchvision FCOS R-50 (reference)": torchvision_fcos(args.num_classes, args.size, frozen=False),

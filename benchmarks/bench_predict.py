@@ -1,7 +1,8 @@
 """Sliced-inference speed and memory on the CPU: 800x800 images/s, a 4,000 x 4,000 scene, a 10,000 px scene.
 
     python benchmarks/bench_predict.py [--backbone resnet50] [--images 4] [--scene 4000] [--big-scene 10000]
-                                       [--batch-size 2] [--device cpu]
+                                       [--batch-size 2] [--device cpu] [--precision auto] [--cases ...]
+    python benchmarks/bench_predict.py --cases modes --backbone resnet18   # number formats side by side
 
 Setting: KLDet with 8 classes and random weights (timing does not depend on the weights; the random head
 scores ~0.005, under the 0.05 threshold, so post-processing is nearly free), tile 800, overlap 0.2.
@@ -10,6 +11,9 @@ Each case runs in a fresh subprocess so its peak resident memory (``VmHWM``) is 
 - ``800x800``: ``--images`` random images from memory through :class:`kldet.inference.Predictor`, after one
   warm-up image; images/s.
 - ``scene``: one ``--scene`` px square PNG read from disk (36 tiles at 4,000 px); seconds.
+- ``modes``: 800x800 images/s of fp32 (contiguous: kldet-predict before it had precision options), fp32 +
+  channels_last, bf16 and bf16 + channels_last, interleaved image by image in one process, and the
+  ratio to the first.
 - ``big scene, stub``: a ``--big-scene`` px square PNG through the same streaming and merging with the
   network replaced by a stub returning 200 random boxes per tile: the memory of the pipeline itself
   (decoded image + a batch of tiles + detections), which must not grow with the number of tiles.
@@ -29,6 +33,7 @@ import cv2
 import numpy as np
 import torch
 
+from kldet.inference.precision import resolve_precision
 from kldet.inference.predictor import Predictor
 from kldet.inference.sliced import sliced_predict, tile_count
 from kldet.inference.sources import ArraySource, ImageFile
@@ -46,12 +51,51 @@ def peak_rss_mb() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
 
 
-def make_predictor(args) -> Predictor:
+def make_predictor(args, precision: str | None = None, channels_last: bool = True) -> Predictor:
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "random weights"
         model = kldet_resnet_fpn(len(CLASSES), backbone=args.backbone).to(args.device)
-    return Predictor(model, CLASSES, list(range(1, 9)), batch_size=args.batch_size)
+    return Predictor(
+        model,
+        CLASSES,
+        list(range(1, 9)),
+        batch_size=args.batch_size,
+        precision=precision or args.precision,
+        channels_last=channels_last,
+    )
+
+
+#: (precision, channels_last) of the ``modes`` case, the first being the reference.
+MODES = {
+    "fp32": ("fp32", False),
+    "fp32 + channels_last": ("fp32", True),
+    "bf16": ("bf16", False),
+    "bf16 + channels_last": ("bf16", True),
+}
+
+
+def run_modes(args, _scene: None) -> dict:
+    predictors = {mode: make_predictor(args, *options) for mode, options in MODES.items()}
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (800, 800, 3), dtype=np.uint8) for _ in range(args.images)]
+    seconds = dict.fromkeys(MODES, 0.0)
+    for predictor in predictors.values():
+        predictor.predict_image(images[0])  # warm-up
+    for image in images:
+        for mode, predictor in predictors.items():
+            start = time.perf_counter()
+            predictor.predict_image(image)
+            seconds[mode] += time.perf_counter() - start
+    rates = {mode: args.images / value for mode, value in seconds.items()}
+    return {
+        "case": f"{args.images} images 800x800, interleaved",
+        "result": ", ".join(
+            f"{mode} {rate:.3f}/s ({rate / rates['fp32']:.2f}x)" for mode, rate in rates.items()
+        ),
+        "peak_rss_mb": peak_rss_mb(),
+        "added_mb": 0.0,
+    }
 
 
 def write_scene(folder: Path, size: int) -> Path:
@@ -136,17 +180,19 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
-        "--cases", nargs="+", default=["images", "scene", "big"], choices=["images", "scene", "big"]
+        "--precision", default="auto", help="of the images and scene cases: auto, fp32, bf16, fp16"
     )
+    cases = {"images": run_images, "scene": run_scene, "big": run_big_scene_stub, "modes": run_modes}
+    parser.add_argument("--cases", nargs="+", default=["images", "scene", "big"], choices=list(cases))
     args = parser.parse_args()
-    cases = {"images": run_images, "scene": run_scene, "big": run_big_scene_stub}
     print(
-        f"backbone {args.backbone}, device {args.device}, {torch.get_num_threads()} threads, tile 800, overlap 0.2"
+        f"backbone {args.backbone}, device {args.device}, {torch.get_num_threads()} threads, tile 800, overlap 0.2, "
+        f"precision {args.precision} (resolved: {resolve_precision(args.precision, args.device)})"
     )
     print(f"{'case':<48} {'result':<30} {'peak RSS':>9} {'added':>8}")
     context = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory() as folder:
-        scenes = {"images": None}
+        scenes = {"images": None, "modes": None}
         if "scene" in args.cases:
             scenes["scene"] = write_scene(Path(folder), args.scene)
         if "big" in args.cases:

@@ -182,7 +182,7 @@ def test_bad_checkpoints_are_one_clear_error(tmp_path):
 
 
 def test_one_tile_image_matches_the_model_on_the_normalised_padded_image(checkpoint):
-    predictor = Predictor.from_checkpoint(checkpoint, tile_size=128)
+    predictor = Predictor.from_checkpoint(checkpoint, tile_size=128, precision="fp32")
     rgb = np.random.default_rng(0).integers(0, 256, (70, 100, 3), dtype=np.uint8)
     ours = predictor.predict_image(rgb)
     # Independent preprocessing: normalise in float64 numpy, zero-pad to 96 x 128.
@@ -398,7 +398,9 @@ def small_scale_checkpoint(tmp_path_factory):
 
 @pytest.mark.parametrize(("resize", "longer_side"), [("train", 64), (50, 50), (200, 200)])
 def test_resize_predicts_as_the_evaluation_pipeline_does(small_scale_checkpoint, resize, longer_side):
-    predictor = Predictor.from_checkpoint(small_scale_checkpoint, tile_size=256, resize=resize)
+    predictor = Predictor.from_checkpoint(
+        small_scale_checkpoint, tile_size=256, resize=resize, precision="fp32"
+    )
     rgb = np.random.default_rng(4).integers(0, 256, (100, 150, 3), dtype=np.uint8)
     ours = predictor.predict_image(rgb)
     # The second implementation: evaluation's transform, and the model mapping boxes back by its scale.

@@ -233,7 +233,7 @@ def caffe_checkpoint(tmp_path_factory):
 
 
 def test_predictor_feeds_a_caffe_checkpoint_bgr_minus_the_mean(caffe_checkpoint):
-    predictor = Predictor.from_checkpoint(caffe_checkpoint, tile_size=64)
+    predictor = Predictor.from_checkpoint(caffe_checkpoint, tile_size=64, precision="fp32")
     rgb = np.random.default_rng(1).integers(0, 256, (40, 50, 3), dtype=np.uint8)
     batch, sizes = predictor.preprocess([rgb])
     # Hand computation: B, G, R channels minus (102.9801, 115.9465, 122.7717), zero-padded to 64 x 64.

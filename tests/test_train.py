@@ -211,3 +211,19 @@ def test_kldet_eval_checkpoint_mode_rejects_unknown_keys(capsys, tmp_path):
     assert kldet_eval([f"ckpt={tmp_path / 'x.ckpt'}", "data=synthetic", "data.nope=1"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("kldet-eval: error: ") and "nope" in err and "Traceback" not in err
+
+
+def test_channels_last_training_keeps_the_network_and_batches_nhwc(tmp_path, data_dir):
+    cfg = tiny_config(
+        data_dir, tmp_path, "module.channels_last=true", "trainer.fast_dev_run=true", "test=false"
+    )
+    datamodule = build_datamodule(cfg)
+    module = build_module(cfg, datamodule)
+    seen = []
+    step = module.training_step
+    module.training_step = lambda batch, batch_idx: (
+        seen.append(batch[0].is_contiguous(memory_format=torch.channels_last)) or step(batch, batch_idx)
+    )
+    build_trainer(cfg).fit(module, datamodule=datamodule)
+    assert seen == [True]
+    assert module.model.head.cls_logits.weight.is_contiguous(memory_format=torch.channels_last)

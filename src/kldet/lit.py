@@ -86,6 +86,8 @@ class KLDetModule(L.LightningModule):
             ``"resize"`` is added from ``max_size`` (:func:`kldet.data.transforms.resize_policy`), so the
             checkpoint states the training scale.
         num_logged_images: validation images drawn with predicted and true boxes for the loggers.
+        channels_last: keep the network and every batch in the NHWC memory format (faster convolutions on
+            CPUs with oneDNN and on GPU tensor cores; ``benchmarks/bench_model.py --modes`` measures it).
 
     Batches are ``(images (B, 3, H, W), targets)`` as made by :func:`kldet.data.collate`.
     """
@@ -105,6 +107,7 @@ class KLDetModule(L.LightningModule):
         metric: str = "aitod",
         preprocess: Mapping[str, Any] | None = None,
         num_logged_images: int = 4,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         model = _plain(model)
@@ -129,8 +132,10 @@ class KLDetModule(L.LightningModule):
                 "metric": metric,
                 "preprocess": _with_resize_policy(_plain(preprocess)) if preprocess is not None else None,
                 "num_logged_images": num_logged_images,
+                "channels_last": channels_last,
             }
         )
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         # The optimiser and schedule are built now, once, so a bad spec fails before any data is read.
         self._optimizer = instantiate(self.hparams["optimizer"], allowed=None)
         self._scheduler = instantiate(self.hparams["scheduler"], allowed=None)
@@ -178,6 +183,13 @@ class KLDetModule(L.LightningModule):
     def forward(self, images: Tensor) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
         """Raw per-level maps of the detector (see :meth:`kldet.model.KLDet.forward`)."""
         return self.model(images)
+
+    def setup(self, stage: str) -> None:
+        self.model.to(memory_format=self.memory_format)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        images, targets = batch
+        return images.contiguous(memory_format=self.memory_format), targets
 
     def training_step(self, batch: tuple[Tensor, list[dict[str, Any]]], batch_idx: int) -> Tensor:
         images, targets = batch

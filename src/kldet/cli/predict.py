@@ -30,6 +30,7 @@ from kldet.cli.report import report_error
 from kldet.errors import KLDetConfigError
 from kldet.inference.export import smallest_input_size
 from kldet.inference.geo import detections_to_geojson
+from kldet.inference.precision import resolve_precision
 from kldet.inference.predictor import RESIZE_MODES, Predictor
 from kldet.inference.render import draw_detections, save_image
 from kldet.inference.results import detections_to_coco, image_ids_from_coco, write_results
@@ -47,6 +48,12 @@ class PredictConfig:
     input: str = option(MISSING, "image, folder or glob")
     out: str = option(MISSING, "output folder")
     device: str = option("cpu", "cpu, cuda or cuda:N")
+    precision: str = option(
+        "auto",
+        "fp32, bf16, fp16 or auto: bf16 where the device computes it natively (CUDA with bf16, CPUs with "
+        "AVX-512-BF16 or AMX), else fp32; decoding and NMS stay fp32",
+    )
+    channels_last: bool = option(True, "run the network in the NHWC memory format (faster on CPUs and GPUs)")
     batch_size: int = option(4, "tiles per forward pass")
     tile_size: int = option(800, "tile side in pixels, >= 96 for P2-P6 (the network's smallest input)")
     overlap: float = option(0.2, "tile overlap, fraction of tile_size in [0, 1)")
@@ -105,6 +112,7 @@ def _check(config: PredictConfig) -> None:
         raise KLDetConfigError(f"device={config.device}: {error}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise KLDetConfigError(f"device={config.device}: CUDA is not available here (use device=cpu)")
+    resolve_precision(config.precision, device)
 
 
 def _resize_value(resize: str | None) -> str | int | None:
@@ -168,6 +176,8 @@ def predict(config: PredictConfig) -> PredictSummary:
         batch_size=config.batch_size,
         max_detections=config.max_detections,
         resize=_resize_value(config.resize),
+        precision=config.precision,
+        channels_last=config.channels_last,
     )
     smallest = smallest_input_size(predictor.model)
     if config.tile_size < smallest:

@@ -25,6 +25,7 @@ from kldet.checkpoint import load_detector
 from kldet.data.dataset import SIZE_DIVISOR, padded_size
 from kldet.data.transforms import recorded_resize_policy, resized_size
 from kldet.errors import KLDetConfigError
+from kldet.inference.precision import autocast, resolve_precision
 from kldet.inference.sliced import sliced_predict, tile_count
 from kldet.inference.sources import ArraySource, ResizedSource
 from kldet.inference.types import Detections, ImageSource, Source
@@ -56,6 +57,10 @@ class Predictor:
             images are tiled like any other; boxes are mapped back to the image's own pixels.
         train_resize: how training resized images (:func:`kldet.data.transforms.resize_policy`);
             ``None``: not recorded (then ``resize="train"`` is an error and nothing is warned).
+        precision: "auto" (bf16 where the device computes it natively, else fp32), "fp32", "bf16" or
+            "fp16": the network's forward pass under autocast; decoding and NMS stay fp32
+            (:mod:`kldet.inference.precision`). ``self.precision`` is the resolved one.
+        channels_last: run the network in the NHWC memory format (the model is converted in place).
     """
 
     def __init__(
@@ -73,6 +78,8 @@ class Predictor:
         max_detections: int | None = None,
         resize: str | int | None = None,
         train_resize: Mapping[str, Any] | None = None,
+        precision: str = "auto",
+        channels_last: bool = True,
     ) -> None:
         if resize == "train" and train_resize is None:
             raise KLDetConfigError(
@@ -81,8 +88,10 @@ class Predictor:
             )
         if resize is not None and resize not in RESIZE_MODES and not (isinstance(resize, int) and resize > 0):
             raise KLDetConfigError(f"resize={resize}: use none, train or a positive longer side in pixels")
-        self.model = model.eval()
         self.device = next(model.parameters()).device
+        self.precision = resolve_precision(precision, self.device)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.model = model.eval().to(memory_format=self.memory_format)
         self.classes, self.category_ids = list(classes), list(category_ids)
         self.normalization = normalization
         self.size_divisor = size_divisor
@@ -159,7 +168,10 @@ class Predictor:
     def detect_tiles(self, tiles: Sequence[np.ndarray]) -> list[Detections]:
         """Detections of each tile in its own pixels (a :data:`kldet.inference.types.DetectFn`)."""
         batch, sizes = self.preprocess(tiles)
-        return self.model.predict(batch, image_sizes=sizes)
+        with torch.no_grad():
+            with autocast(self.precision, self.device):
+                maps = self.model(batch.contiguous(memory_format=self.memory_format))
+            return self.model.postprocess(*maps, tuple(batch.shape[-2:]), sizes)
 
     def predict_sources(
         self, sources: Iterable[Source], on_batch: Callable[[int], None] | None = None

@@ -80,7 +80,8 @@ class KLDet(nn.Module):
         centerness = torch.cat([level.flatten(1) for level in centerness_maps], dim=1)
         grid = point_grid(tuple(images.shape[-2:]), self.strides, images.device)
         labels, matched_boxes, centerness_targets = [], [], []
-        with torch.no_grad():
+        # Assignment and targets in fp32 whatever the autocast (bf16 would reorder near-equal KL scores).
+        with torch.no_grad(), torch.autocast(images.device.type, enabled=False):
             for index, (image_logits, target) in enumerate(zip(cls_logits, targets, strict=True)):
                 gt_boxes = target["boxes"].to(images.device, torch.float32)
                 gt_labels = target["labels"].to(images.device, torch.long)
@@ -91,7 +92,7 @@ class KLDet(nn.Module):
                         f"loss: target {index} has boxes {tuple(gt_boxes.shape)} and labels "
                         f"{tuple(gt_labels.shape)}; expected (G, 4) and (G,)"
                     )
-                assigned = self.assigner(grid, image_logits.detach(), gt_boxes, gt_labels)
+                assigned = self.assigner(grid, image_logits.detach().float(), gt_boxes, gt_labels)
                 image_labels, _, image_centerness = build_targets(
                     grid.points, grid.point_strides, assigned, gt_boxes, gt_labels, self.num_classes
                 )

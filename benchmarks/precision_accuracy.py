@@ -1,0 +1,77 @@
+"""What bf16 inference changes in a trained checkpoint's detections, against fp32.
+
+    python benchmarks/precision_accuracy.py CKPT [kldet-eval overrides, e.g. experiment=synthetic split=val]
+
+Each batch of the split runs through the network in fp32 and under bf16 autocast with channels_last (what
+``kldet-predict precision=bf16`` does); both are post-processed in fp32 with the checkpoint's settings and
+evaluated with the AI-TOD protocol. Prints the metrics of both (percentages) and, for the fp32 detections
+with score >= 0.3, how far the bf16 detection of the same class that overlaps it most lies (IoU, largest
+corner shift in pixels).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+from torchvision.ops import box_iou
+
+from kldet.cli.evaluate import checkpoint_config
+from kldet.cli.train import build_datamodule
+from kldet.evaluation import DetectionMetric, sample_ground_truth
+from kldet.inference.precision import autocast
+from kldet.lit import KLDetModule
+
+KEYS = ("AP", "AP50", "AP_vt", "AP_t", "AR@1500")
+CONFIDENT = 0.3
+
+
+def main(argv: list[str]) -> None:
+    ckpt, overrides = argv[0], argv[1:]
+    cfg = checkpoint_config([f"ckpt={ckpt}", *overrides])
+    module = KLDetModule.from_checkpoint(ckpt)
+    datamodule = build_datamodule(cfg, normalization=module.normalization.as_preprocess())
+    datamodule.setup("validate" if cfg.split == "val" else "test")
+    loader = datamodule.val_dataloader() if cfg.split == "val" else datamodule.test_dataloader()
+    model = module.model.eval()
+    modes = {"fp32": ("fp32", torch.contiguous_format), "bf16 + channels_last": ("bf16", torch.channels_last)}
+    metrics = {mode: DetectionMetric("aitod", datamodule.classes) for mode in modes}
+    ious, shifts = [], []
+    with torch.no_grad():
+        for images, targets in loader:
+            sizes = [tuple(t["size"]) for t in targets]
+            scales = [tuple(t["scale"]) for t in targets]
+            truth = [sample_ground_truth(t) for t in targets]
+            results = {}
+            for mode, (precision, layout) in modes.items():
+                model.to(memory_format=layout)
+                with autocast(precision, "cpu"):
+                    maps = model(images.contiguous(memory_format=layout))
+                results[mode] = model.postprocess(*maps, tuple(images.shape[-2:]), sizes, scales)
+                metrics[mode].update(results[mode], truth)
+            for reference, other in zip(*results.values(), strict=True):
+                confident = reference["scores"] >= CONFIDENT
+                if not confident.any() or not len(other["boxes"]):
+                    continue
+                boxes, labels = reference["boxes"][confident], reference["labels"][confident]
+                overlap = box_iou(boxes, other["boxes"]) * (labels[:, None] == other["labels"][None])
+                best, match = overlap.max(dim=1)
+                ious.append(best)
+                shifts.append((boxes - other["boxes"][match]).abs().amax(dim=1))
+    print("| inference | " + " | ".join(KEYS) + " |")
+    print("|---" * (len(KEYS) + 1) + "|")
+    for mode in modes:
+        values = metrics[mode].compute()
+        print(f"| {mode} | " + " | ".join(f"{100 * values[k]:.2f}" for k in KEYS) + " |")
+    iou, shift = torch.cat(ious), torch.cat(shifts)
+    matched = iou > 0.5
+    print(
+        f"\n{len(iou)} fp32 detections with score >= {CONFIDENT}: {int(matched.sum())} have a bf16 box of their class "
+        f"with IoU > 0.5 (median IoU {float(iou.median()):.3f}); corner shift of those: median "
+        f"{float(shift[matched].median()):.3f} px, 99th percentile {float(shift[matched].quantile(0.99)):.3f} px, "
+        f"max {float(shift[matched].max()):.3f} px"
+    )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -27,7 +27,7 @@ def native_bf16(device: torch.device) -> bool:
 
 
 def resolve_precision(precision: str, device: torch.device | str) -> str:
-    """"fp32", "bf16" or "fp16" for ``precision`` (one of :data:`PRECISIONS`) on ``device``.
+    """ "fp32", "bf16" or "fp16" for ``precision`` (one of :data:`PRECISIONS`) on ``device``.
 
     Raises:
         KLDetConfigError: an unknown precision.

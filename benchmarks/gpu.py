@@ -10,9 +10,9 @@ and follows ``--warmup`` untimed iterations; cuDNN autotuning is on, as with ``t
 
 - ``training``: images/s of a training step at ``--size`` px, batch ``--batch``, ``--train-gts`` boxes of
   6..24 px per image (bench_model.py's ``synthetic_batch``): forward and loss under bfloat16 autocast (as
-  ``precision=bf16-mixed``), backward, an SGD update. KLDet is ``kldet_r50_caffe`` (P2-P6, TlA, Ali-TSM),
-  the baseline ``fcos_r50`` (P3-P7, FCOS assignment); their steps alternate and the median of ``--iters``
-  steps counts. Peak memory: ``torch.cuda.max_memory_allocated`` during the model's steps (reset before
+  ``precision=bf16-mixed``), backward, an SGD update (at learning rate 0, see ``make_optimizer``). KLDet
+  is ``kldet_r50_caffe`` (P2-P6, TlA, Ali-TSM), the baseline ``fcos_r50`` (P3-P7, FCOS assignment); their
+  steps alternate and the median of ``--iters`` steps counts. Peak memory: ``torch.cuda.max_memory_allocated`` during the model's steps (reset before
   each), less the other model's weights and optimiser state, which stay resident meanwhile.
 - ``flops``: FLOPs of one forward of one ``--size`` image, counted by
   ``torch.utils.flop_counter.FlopCounterMode`` (a multiply-add is 2 FLOPs; the network only, no assignment).
@@ -33,7 +33,7 @@ and follows ``--warmup`` untimed iterations; cuDNN autotuning is on, as with ``t
 
 ``--backbone``, ``--style`` and ``--channels`` replace the Caffe-style ResNet-50 and the 256 pyramid channels
 of both presets; ``--smoke`` sets tiny defaults (64 px, batch 2, pytorch-style ResNet-18, 64 channels, G = 20,
-one training step) that run on a CPU in seconds
+one timed training step, one CPU thread) that run on a CPU in seconds
 (tests/test_bench_gpu.py). Memory is measured on CUDA devices only: elsewhere the memory figures are null,
 except the CPU path's resident memory. Prints the tables and writes everything to ``--out`` (JSON) after each
 section; a section that fails is recorded as ``{"error": ...}``, the others still run, and the exit status
@@ -57,6 +57,7 @@ from unittest import mock
 
 import numpy as np
 import torch
+from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
 import kldet.model.detector as detector_module
@@ -83,6 +84,7 @@ SMOKE = {
     "iters": 1,
     "predict_tiles": 4,
     "predict_batch": 2,
+    "threads": 1,
 }
 
 
@@ -165,17 +167,28 @@ def training_batch(args, num_gts: int, device: torch.device) -> tuple[torch.Tens
 
 
 def make_optimizer(model: KLDet) -> torch.optim.Optimizer:
+    """SGD with momentum and weight decay, as the paper's, at learning rate 0: the update costs what a real
+    one does, and the random weights stay those of the initialisation (a random ResNet-50 under frozen
+    batch norm has activations of ~1e4, which real updates would soon turn into NaN logits)."""
     trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
-    return torch.optim.SGD(trainable, lr=1e-4, momentum=0.9, weight_decay=1e-4)
+    return torch.optim.SGD(trainable, lr=0.0, momentum=0.9, weight_decay=1e-4)
 
 
-def training_step(model: KLDet, optimizer: torch.optim.Optimizer, images: torch.Tensor, targets) -> None:
-    """Forward and loss under bfloat16 autocast (as ``precision=bf16-mixed``), backward, one update."""
+def training_step(model: KLDet, optimizer: torch.optim.Optimizer, images: torch.Tensor, targets) -> Tensor:
+    """Forward and loss under bfloat16 autocast (as ``precision=bf16-mixed``), backward, one update; returns
+    the loss (detached; read it after the timing, it would synchronise)."""
     with torch.autocast(images.device.type, dtype=torch.bfloat16):
-        losses = model.loss(images, targets)
-    sum(losses.values()).backward()
+        loss = sum(model.loss(images, targets).values())
+    loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+    return loss.detach()
+
+
+def check_finite(loss: Tensor, name: str) -> None:
+    """Raises when a step's loss is not finite: the figures of such a step would mean nothing."""
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"{name}: the training loss is {loss.item()}")
 
 
 def resident_bytes(model: KLDet, optimizer: torch.optim.Optimizer) -> int:
@@ -198,7 +211,8 @@ def bench_training(models: dict[str, KLDet], args, device: torch.device) -> dict
             others = sum(resident_bytes(models[o], optimizers[o]) for o in models if o != name)
             reset_peak_memory(device)
             step = functools.partial(training_step, model, optimizers[name], images, targets)
-            seconds, _ = timed(step, device)
+            seconds, loss = timed(step, device)
+            check_finite(loss, name)
             print(f"training round {iteration}: {name}: {seconds:.3f} s", file=sys.stderr)
             if iteration >= args.warmup:
                 step_seconds[name].append(seconds)
@@ -280,9 +294,12 @@ def bench_assignment_share(model: KLDet, args, device: torch.device) -> dict:
     model.train()
     step = functools.partial(training_step, model, optimizer, images, targets)
     for _ in range(args.warmup):
-        step()
+        check_finite(step(), "kldet")
     with timed_assignment(model, device) as (assigner, build):
-        step_seconds = sum(timed(step, device)[0] for _ in range(args.iters)) / args.iters
+        steps = [timed(step, device) for _ in range(args.iters)]
+    for _, loss in steps:
+        check_finite(loss, "kldet")
+    step_seconds = sum(seconds for seconds, _ in steps) / args.iters
     share = (assigner.seconds + build.seconds) / args.iters / step_seconds
     return {
         "gts": args.share_gts,
@@ -417,6 +434,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--iters", type=int, default=10, help="timed training steps per model")
     parser.add_argument("--predict-tiles", type=int, default=64)
     parser.add_argument("--predict-batch", type=int, default=8)
+    parser.add_argument(
+        "--threads", type=int, help="torch intra-op threads on the CPU (default: torch's choice)"
+    )
     if "--smoke" in argv:
         parser.set_defaults(**SMOKE)
     args = parser.parse_args(argv)
@@ -444,6 +464,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as trainer=gpu: fixed input sizes
     started = time.perf_counter()

@@ -383,7 +383,7 @@ def print_tables(results: dict) -> None:
         print("\nAli-TSM, 800x800 image\n")
         print(
             f"| G | positives | {config['device']} time | {config['device']} peak extra | "
-            f"CPU time ({alitsm[0]['cpu_threads']} threads) | CPU peak extra RSS | speed-up | differing points |"
+            f"CPU time (torch threads: {alitsm[0]['cpu_threads']}) | CPU peak extra RSS | speed-up | differing points |"
         )
         print("|---:|---:|---:|---:|---:|---:|---:|---:|")
         for row in alitsm:
@@ -397,7 +397,7 @@ def print_tables(results: dict) -> None:
         print(
             f"\nAssignment + targets, {share['gts']:,} ground truths per image: {share['assign_seconds'] * 1000:.1f} ms "
             f"+ {share['targets_seconds'] * 1000:.1f} ms of a {share['step_seconds'] * 1000:.1f} ms step = "
-            f"{share['share']:.1%} (goal <= {share['goal']:.0%}: {'met' if share['goal_met'] else 'NOT met'})"
+            f"{share['share']:.2%} (goal <= {share['goal']:.0%}: {'met' if share['goal_met'] else 'NOT met'})"
         )
     predict = results.get("predict")
     if predict and "error" not in predict:

@@ -10,7 +10,7 @@ EXPERIMENT ?= synthetic
 ARGS ?=
 CKPT ?=
 
-.PHONY: install test lint bench bench-assign bench-model bench-data bench-eval bench-predict \
+.PHONY: install test lint bench bench-assign bench-model bench-data bench-eval bench-predict bench-gpu \
 	demo synth train eval sweep tensorboard ablation assignment-stats authors-assignment clean
 
 install: $(STAMP)
@@ -79,6 +79,10 @@ bench-eval: install
 
 bench-predict: install
 	$(BIN)/python benchmarks/bench_predict.py
+
+# The GPU path in one call (docs/benchmarks.md#gpu-benchmark), sized for < 8 min on one GPU; ARGS="--smoke" on a CPU.
+bench-gpu: install
+	$(BIN)/python benchmarks/gpu.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) outputs multirun

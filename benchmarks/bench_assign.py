@@ -89,6 +89,14 @@ def run_case(num_gts: int, repeats: int, reference_max: int) -> dict:
     return result
 
 
+def run_case_in_subprocess(num_gts: int, repeats: int, reference_max: int, threads: int) -> dict:
+    """:func:`run_case` in a fresh Python process on ``threads`` torch threads, so that its memory figure
+    is its own."""
+    command = [sys.executable, __file__, "--case", str(num_gts), "--repeats", str(repeats)]
+    command += ["--reference-max", str(reference_max), "--threads", str(threads)]
+    return json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -112,9 +120,7 @@ def main() -> None:
     print("| G | positives | time (median) | peak extra memory | dense reference | speed-up | equal |")
     print("|---:|---:|---:|---:|---:|---:|:---:|")
     for num_gts in args.gts:
-        command = [sys.executable, __file__, "--case", str(num_gts), "--repeats", str(args.repeats)]
-        command += ["--reference-max", str(args.reference_max), "--threads", str(torch.get_num_threads())]
-        row = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
+        row = run_case_in_subprocess(num_gts, args.repeats, args.reference_max, torch.get_num_threads())
         reference = row.get("reference_seconds")
         cells = [
             f"{num_gts:,}",

@@ -155,7 +155,8 @@ def build_models(args, device: torch.device) -> dict[str, KLDet]:
             "kldet": kldet_r50_caffe(args.num_classes, **options),
             "fcos": fcos_r50(args.num_classes, **options),
         }
-    return {name: model.to(device) for name, model in models.items()}
+    layout = torch.channels_last if args.channels_last else torch.contiguous_format
+    return {name: model.to(device, memory_format=layout) for name, model in models.items()}
 
 
 def training_batch(args, num_gts: int, device: torch.device) -> tuple[torch.Tensor, list[dict]]:
@@ -163,7 +164,10 @@ def training_batch(args, num_gts: int, device: torch.device) -> tuple[torch.Tens
     ``device``."""
     images, targets = synthetic_batch(args.batch, args.size, num_gts, args.num_classes)
     images = input_normalization(args.style).normalize(images * 255)
-    return images.to(device), [{key: value.to(device) for key, value in t.items()} for t in targets]
+    layout = torch.channels_last if args.channels_last else torch.contiguous_format
+    return images.to(device).contiguous(memory_format=layout), [
+        {key: value.to(device) for key, value in t.items()} for t in targets
+    ]
 
 
 def make_optimizer(model: KLDet) -> torch.optim.Optimizer:
@@ -312,11 +316,9 @@ def bench_assignment_share(model: KLDet, args, device: torch.device) -> dict:
     }
 
 
-def predict_bf16(predictor: Predictor, images: Sequence[np.ndarray]) -> list[dict]:
-    """Detections of each (H, W, 3) uint8 image through ``predictor`` under bfloat16 autocast (here until
-    :class:`Predictor` has a precision option of its own)."""
-    with torch.autocast(predictor.device.type, dtype=torch.bfloat16):
-        return [detections for _, detections in predictor.predict_sources(map(ArraySource, images))]
+def predict_images(predictor: Predictor, images: Sequence[np.ndarray]) -> list[dict]:
+    """Detections of each (H, W, 3) uint8 image through ``predictor``."""
+    return [detections for _, detections in predictor.predict_sources(map(ArraySource, images))]
 
 
 def bench_predict(model: KLDet, args, device: torch.device) -> dict:
@@ -328,16 +330,18 @@ def bench_predict(model: KLDet, args, device: torch.device) -> dict:
         normalization=input_normalization(args.style),
         tile_size=args.size,
         batch_size=args.predict_batch,
+        precision="bf16",
+        channels_last=args.channels_last,
     )
     rng = np.random.default_rng(0)
     images = [
         rng.integers(0, 256, (args.size, args.size, 3), dtype=np.uint8) for _ in range(args.predict_tiles)
     ]
     for _ in range(args.warmup):
-        predict_bf16(predictor, images[: args.predict_batch])
+        predict_images(predictor, images[: args.predict_batch])
     tiles = predictor.tile_count(map(ArraySource, images))
     reset_peak_memory(device)
-    seconds, detections = timed(functools.partial(predict_bf16, predictor, images), device)
+    seconds, detections = timed(functools.partial(predict_images, predictor, images), device)
     return {
         "tiles": tiles,
         "tile_size": args.size,
@@ -423,6 +427,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--backbone", default="resnet50")
     parser.add_argument("--style", choices=("caffe", "pytorch"), default="caffe", help="backbone style")
     parser.add_argument("--channels", type=int, default=256)
+    parser.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="NHWC network and batches (module.channels_last=true, kldet-predict's default)",
+    )
     parser.add_argument("--num-classes", type=int, default=8)
     parser.add_argument("--train-gts", type=int, default=500, help="ground truths per image in training")
     parser.add_argument(

@@ -188,3 +188,15 @@ def test_the_detector_is_composed_of_parts_and_calls_any_assigner():
         KLDet(backbone, FCOSHead(3, 3, channels=16), FCOSAssigner(regress_ranges=[(0, 64), (64, 1e8)]))
     with pytest.raises(KLDetConfigError, match=r"no theoretical receptive field for strides \[256\]"):
         AliTSMAssigner().check_levels((8, 16, 32, 256))
+
+
+def test_a_diverged_network_gives_nan_losses_instead_of_failing_in_the_assigner():
+    model = tiny_detector(**SMALL)
+    with torch.no_grad():
+        model.head.cls_logits.bias.fill_(float("nan"))
+    target = {
+        "boxes": torch.tensor([[10.0, 10.0, 18.0, 17.0], [30.0, 30.0, 40.0, 38.0]]),
+        "labels": torch.tensor([0, 1]),
+    }
+    losses = model.loss(torch.randn(1, 3, 64, 64), [target])
+    assert all(torch.isnan(value) for value in losses.values())

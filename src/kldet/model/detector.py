@@ -70,7 +70,8 @@ class KLDet(nn.Module):
             targets: per image ``{"boxes": (G, 4) xyxy in the padded image's pixels, "labels": (G,)}``.
 
         Returns:
-            ``{"loss_cls", "loss_box", "loss_ctr"}`` scalars; the training loss is their sum.
+            ``{"loss_cls", "loss_box", "loss_ctr"}`` scalars; the training loss is their sum (all NaN when the
+            network's classification logits are not finite).
         """
         if len(targets) != images.shape[0]:
             raise KLDetDataError(f"loss: {images.shape[0]} images but {len(targets)} targets")
@@ -78,6 +79,11 @@ class KLDet(nn.Module):
         cls_logits = torch.cat([level.flatten(2) for level in cls_maps], dim=2).transpose(1, 2)
         box_regression = torch.cat([level.flatten(2) for level in box_maps], dim=2).transpose(1, 2)
         centerness = torch.cat([level.flatten(1) for level in centerness_maps], dim=1)
+        if not torch.isfinite(cls_logits).all():
+            # A diverged network: no assignment can rank NaN scores. NaN losses let the caller's finiteness
+            # check name the step (kldet.lit.NonFiniteLossError).
+            nan = cls_logits.sum() * float("nan")
+            return {"loss_cls": nan, "loss_box": nan, "loss_ctr": nan}
         grid = point_grid(tuple(images.shape[-2:]), self.strides, images.device)
         labels, matched_boxes, centerness_targets = [], [], []
         # Assignment and targets in fp32 whatever the autocast (bf16 would reorder near-equal KL scores).

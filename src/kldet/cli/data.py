@@ -6,6 +6,9 @@ kldet-data check format=dior root=DIR split=NAME
 kldet-data check format=coco ann=FILE images=DIR       (or format=coco root=DIR split=NAME)
     check reads image headers only; add decode=true to decode every image as training does and find
     truncated or corrupt files (kldet-train: data.decode_check=true; data.lenient=true skips bad images)
+kldet-data convert from=dota|yolo|visdrone|xview labels=PATH images=DIR out=FILE.json
+    [names=FILE (yolo)] [version=1.0|1.5|2.0 (dota)] [difficult=ignore|object (dota)] [lenient=true]
+    writes COCO JSON that data=coco and `check format=coco` read (from= is another name for source=)
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from rich.table import Table
 from kldet.cli.dotlist import option, parse_dotlist
 from kldet.cli.report import EXIT_ERROR, EXIT_OK, report_error
 from kldet.data import read_dataset
+from kldet.data.convert import Conversion, convert, write_json_atomic
 from kldet.data.records import PROBLEM_KINDS, DetectionSet
 from kldet.data.stats import SIZE_BIN_EDGES, SIZE_BINS, summarize
 from kldet.errors import KLDetError
@@ -34,6 +38,13 @@ USAGE = (__doc__ or "").split("\n\n", 1)[1]
 class SynthFormat(Enum):
     aitod = "aitod"
     dior = "dior"
+
+
+class ConvertSource(Enum):
+    dota = "dota"
+    yolo = "yolo"
+    visdrone = "visdrone"
+    xview = "xview"
 
 
 class DataFormat(Enum):
@@ -71,6 +82,25 @@ class CheckConfig:
     )
 
 
+@dataclass
+class ConvertConfig:
+    """``kldet-data convert``: other annotation formats into COCO JSON (:func:`kldet.data.convert.convert`)."""
+
+    source: ConvertSource = option(MISSING, "dota, yolo, visdrone or xview (also from=)")
+    labels: str = option(MISSING, "label folder (dota, yolo, visdrone) or GeoJSON file (xview)")
+    images: str = option(MISSING, "image folder (file_name is relative to it)")
+    out: str = option(MISSING, "COCO JSON file to write")
+    names: str | None = option(None, "yolo: class names, one per line, or an Ultralytics data.yaml")
+    version: str = option("1.0", "dota: 1.0, 1.5 or 2.0 (the class list)")
+    difficult: str = option(
+        "ignore", "dota: difficult objects are ignored boxes (ignore) or objects (object)"
+    )
+    lenient: bool = option(False, "skip and count bad lines and images instead of stopping at the first")
+
+
+_COMMANDS = {"synth": SynthConfig, "check": CheckConfig, "convert": ConvertConfig}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs ``kldet-data``; returns the exit status: 0 fine (or help), 1 problems found in the data set or
     any error, bad arguments included (:mod:`kldet.cli.report`)."""
@@ -79,16 +109,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] in ("-h", "--help", "help"):
         console.print(USAGE)
         return EXIT_OK
-    if not argv or argv[0] not in ("synth", "check"):
+    if not argv or argv[0] not in _COMMANDS:
         got = f"unknown command {argv[0]!r}" if argv else "no command"
-        return report_error("kldet-data", f"{got}: use synth or check (see kldet-data --help)")
+        return report_error("kldet-data", f"{got}: use synth, check or convert (see kldet-data --help)")
     command, overrides = argv[0], argv[1:]
-    schema = SynthConfig if command == "synth" else CheckConfig
+    if command == "convert":  # `from` is a Python keyword, so the field is `source`
+        overrides = ["source=" + a[len("from=") :] if a.startswith("from=") else a for a in overrides]
+    schema = _COMMANDS[command]
     try:
         config = parse_dotlist(schema, overrides, f"kldet-data {command}", schema.__doc__)
         if config is None:
             return EXIT_OK
-        return _synth(config, console) if command == "synth" else _check(config, console)
+        run = {"synth": _synth, "check": _check, "convert": _convert}[command]
+        return run(config, console)
     except KLDetError as error:
         return report_error(f"kldet-data {command}", error)
 
@@ -129,6 +162,51 @@ def _check(config: CheckConfig, console: Console) -> int:
     )
     _print_summary(dataset, console)
     return EXIT_ERROR if dataset.problems else EXIT_OK
+
+
+def _convert(config: ConvertConfig, console: Console) -> int:
+    conversion = convert(
+        config.source.value,
+        config.labels,
+        config.images,
+        names=config.names,
+        version=config.version,
+        difficult=config.difficult,
+        strict=not config.lenient,
+    )
+    write_json_atomic(conversion.coco, config.out)
+    console.print(_conversion_report(conversion, config.out))
+    for problem in conversion.problems[:5]:
+        console.print(f"  [{problem.kind}] {problem}")
+    if len(conversion.problems) > 5:
+        console.print(f"  ... and {len(conversion.problems) - 5} more")
+    console.print(f"check it with: kldet-data check format=coco ann={config.out} images={config.images}")
+    return EXIT_OK
+
+
+def _conversion_report(conversion: Conversion, out: str) -> str:
+    """One paragraph: what :func:`kldet.data.convert.convert` wrote, ignored, dropped and skipped."""
+    coco = conversion.coco
+    per_class = ", ".join(
+        f"{name} {conversion.objects[name]}" for name in conversion.classes if conversion.objects[name]
+    )
+    parts = [
+        f"wrote {out}: {len(coco['images'])} images ({conversion.images_without_labels} without labels), "
+        f"{len(coco['annotations'])} annotations, {sum(conversion.objects.values())} objects"
+        + (f" ({per_class})" if per_class else ""),
+        f"{conversion.ignored} ignored boxes (iscrowd: 1; {conversion.ignored_annotations} annotations)",
+        f"{conversion.clipped_boxes} boxes clipped to their image",
+    ]
+    if conversion.zero_area_boxes:
+        parts.append(f"{conversion.zero_area_boxes} zero-area boxes dropped")
+    kinds = Counter(p.kind for p in conversion.problems)
+    skipped = Counter(p.skips for p in conversion.problems)
+    if conversion.problems:
+        by_kind = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
+        parts.append(f"skipped {skipped['image']} images and {skipped['annotation']} annotations ({by_kind})")
+    else:
+        parts.append("nothing skipped")
+    return "; ".join(parts) + "."
 
 
 def _print_summary(dataset: DetectionSet, console: Console) -> None:

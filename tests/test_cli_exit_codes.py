@@ -33,8 +33,9 @@ CASES = {
     # prog: [(argv, what the message says)]: bad arguments first, then bad data; {tmp} and {images} are
     # filled in per test
     "kldet-data": [
-        ([], "no command: use synth or check"),
-        (["convert"], "unknown command 'convert'"),
+        ([], "no command: use synth, check or convert"),
+        (["merge"], "unknown command 'merge'"),
+        (["convert", "from=dota"], "missing required images=... labels=... out=..."),
         (["check", "format=aitod", "root={tmp}", "split=train", "colour=red"], "colour"),
         (["check", "format=dior"], "format=dior needs root=DIR split=NAME"),
         (["check", "format=coco", "ann={tmp}/nowhere/ann.json", "images={images}"], "ann.json"),

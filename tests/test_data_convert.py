@@ -4,6 +4,7 @@ checked against hand-computed boxes and read back with the COCO reader."""
 from __future__ import annotations
 
 import json
+import os
 
 import cv2
 import numpy as np
@@ -134,6 +135,18 @@ def test_a_label_file_without_its_image_is_a_missing_image(dota):
     conversion = convert_dota(labels, images, strict=False)
     assert [p.kind for p in conversion.problems] == ["missing_image"]
     assert len(conversion.coco["images"]) == 2
+
+
+def test_two_images_of_one_stem_and_an_empty_image_folder(dota, tmp_path):
+    labels, images = dota
+    write_image(images / "P0001.jpg", 100, 80)
+    with pytest.raises(
+        KLDetDataError, match=r"image P0001: P0001.jpg and P0001.png both match the label file"
+    ):
+        convert_dota(labels, images)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(KLDetDataError, match=r"labelTxt: no image could be converted"):
+        convert_dota(labels, tmp_path / "empty", strict=False)
 
 
 # --- YOLO -----------------------------------------------------------------------------------------------
@@ -344,6 +357,9 @@ def test_cli_writes_the_file_prints_the_report_and_check_reads_it(dota, tmp_path
         in report
     )
     assert [p.name for p in out.parent.iterdir()] == ["dota.json"]  # no temporary file left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # as a file written in place
     assert main(["check", "format=coco", f"ann={out}", f"images={images}"]) == 0
     assert "objects: 2   ignored boxes: 1" in capsys.readouterr().out
 
@@ -374,6 +390,7 @@ def test_cli_strict_stops_with_one_line_and_lenient_reports_what_it_skipped(dota
         (["from=dota", "labels=/nonexistent"], "labels=/nonexistent: not a folder of label files"),
         (["from=xview", "labels=/nonexistent.geojson"], "/nonexistent.geojson: GeoJSON file not found"),
         (["from=coco"], "source"),
+        (["from=dota", "out=/dev/null/x.json"], "/dev/null/x.json: cannot write the COCO file"),
     ],
 )
 def test_cli_bad_input_is_one_line(dota, tmp_path, capsys, extra, message):

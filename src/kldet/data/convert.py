@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -253,9 +252,11 @@ class _Builder:
             self.result.objects[self.classes[label]] += 1
 
     def problem(self, kind: str, file: Path, record: str, message: str) -> None:
+        """Notes a bad label line (or feature), which lenient conversion skips."""
         self.log.add(kind, file, record, message, "annotation")
 
     def finish(self) -> Conversion:
+        """The :class:`Conversion`; an error when no image could be converted."""
         if not self.images:
             raise KLDetDataError(f"{self.log.source}: no image could be converted")
         categories = [{"id": i, "name": n} for i, n in zip(self.category_ids, self.classes, strict=True)]
@@ -528,17 +529,16 @@ def write_json_atomic(data: dict, path: str | Path) -> None:
         KLDetDataError: the folder cannot be created or written.
     """
     path = Path(path)
+    # A plain file (not tempfile's, which is created 0600) takes the umask's permissions, as `path` would.
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as f:
-            temporary = Path(f.name)
-            try:
+        try:
+            with temporary.open("w", encoding="utf-8") as f:
                 json.dump(data, f)
-            except BaseException:
-                f.close()
-                temporary.unlink()
-                raise
-        os.replace(temporary, path)
+            os.replace(temporary, path)
+        finally:
+            temporary.unlink(missing_ok=True)
     except OSError as error:
         raise KLDetDataError(f"{path}: cannot write the COCO file ({error.strerror or error})") from None
 

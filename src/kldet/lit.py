@@ -187,12 +187,9 @@ class KLDetModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         self.model.to(memory_format=self.memory_format)
 
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        images, targets = batch
-        return images.contiguous(memory_format=self.memory_format), targets
-
     def training_step(self, batch: tuple[Tensor, list[dict[str, Any]]], batch_idx: int) -> Tensor:
         images, targets = batch
+        images = images.contiguous(memory_format=self.memory_format)
         self._note_skipped(targets, "train")
         losses = self.model.loss(images, [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets])
         loss = sum(losses.values())
@@ -210,7 +207,7 @@ class KLDetModule(L.LightningModule):
 
     def _predict(self, images: Tensor, targets: Sequence[Mapping[str, Any]]) -> list[dict[str, Tensor]]:
         return self.model.predict(
-            images,
+            images.contiguous(memory_format=self.memory_format),
             image_sizes=[tuple(t["size"]) for t in targets],
             scale_factors=[tuple(t["scale"]) for t in targets],
         )

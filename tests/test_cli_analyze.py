@@ -9,9 +9,11 @@ import pytest
 import torch
 
 from helpers import tiny_detector
-from kldet.analysis.assignment import compare_assigners, positives_per_gt
+from kldet.analysis.assignment import compare_assigners, positives_per_gt, record_scenes
 from kldet.analysis.model import model_costs
 from kldet.cli.analyze import main
+from kldet.data.records import Record
+from kldet.data.transforms import DetectionTransform
 
 # The model timings run on one thread (two spin against each other on a busy CPU, 40 times slower).
 pytestmark = pytest.mark.usefixtures("quiet_single_thread")
@@ -171,3 +173,19 @@ def test_model_command_writes_table_and_json(tmp_path, capsys):
     summed = sum(parts[p]["flops"] for p in ["backbone body", "FPN", "TlA", *head_levels])
     assert summed == parts["total"]["flops"]
     assert parts["total"]["seconds"] > 0 and saved["threads"] == 1
+
+
+def test_record_scenes_scale_boxes_as_training_and_pad_to_32():
+    record = Record("a.png", 100, 50, np.array([[10, 5, 20, 45]], np.float32), np.array([3]))
+    (scene,) = record_scenes([record], max_size=200)
+    # Longer side 100 -> 200: (h, w) = (100, 200), padded to multiples of 32: (128, 224).
+    assert scene.image_size == (128, 224)
+    np.testing.assert_array_equal(scene.boxes, [[20, 10, 40, 90]])
+    assert scene.labels.tolist() == [3]
+    # The training transform agrees (a second implementation: albumentations' resize).
+    image, boxes, _, _ = DetectionTransform(max_size=200)(np.zeros((50, 100, 3), np.uint8), record.boxes, [3])
+    assert image.shape[1:] == (100, 200)
+    np.testing.assert_allclose(boxes.numpy(), scene.boxes, atol=1e-4)
+    (native,) = record_scenes([record], max_size=None)
+    assert native.image_size == (64, 128)
+    np.testing.assert_array_equal(native.boxes, record.boxes)

@@ -1,10 +1,11 @@
-"""One exit-status rule across the five CLIs (kldet.cli.report): 0 done or help, 1 any error, with the
+"""One exit-status rule across the six CLIs (kldet.cli.report): 0 done or help, 1 any error, with the
 message as one ``PROG: error: ...`` line on stderr; a bad argument and bad data are tried on each."""
 
 import cv2
 import numpy as np
 import pytest
 
+from kldet.cli.analyze import main as analyze_main
 from kldet.cli.data import main as data_main
 from kldet.cli.evaluate import main as eval_main
 from kldet.cli.export import main as export_main
@@ -32,6 +33,10 @@ def image_folder(tmp_path):
 CASES = {
     # prog: [(argv, what the message says)]: bad arguments first, then bad data; {tmp} and {images} are
     # filled in per test
+    "kldet-analyze": [
+        (["assign", "format=coco", "ann={tmp}/a.json", "images={images}", "bins=3"], "bins"),
+        (["assign", "format=coco", "ann={tmp}/nowhere/ann.json", "images={images}"], "ann.json"),
+    ],
     "kldet-data": [
         ([], "no command: use synth, check or convert"),
         (["merge"], "unknown command 'merge'"),
@@ -57,6 +62,7 @@ CASES = {
     ],
 }
 MAINS = {
+    "kldet-analyze": analyze_main,
     "kldet-data": data_main,
     "kldet-eval": eval_main,
     "kldet-export": export_main,
@@ -80,7 +86,7 @@ def test_every_error_exits_1_with_one_line(prog, argv, message, tmp_path, image_
 def test_help_exits_0(prog, capsys):
     assert MAINS[prog](["--help"]) == EXIT_OK == 0
     out = capsys.readouterr().out
-    assert f"{prog} " in out and ("ckpt=" in out or prog == "kldet-data")
+    assert f"{prog} " in out and ("ckpt=" in out or prog in ("kldet-analyze", "kldet-data"))
 
 
 @pytest.mark.parametrize(

@@ -6,12 +6,15 @@ import re
 
 import pytest
 import torch
+from lightning.pytorch.utilities.model_summary import ModelSummary
 from omegaconf import OmegaConf, open_dict
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from helpers import tiny_spec
+from kldet.analysis.model import count_flops
 from kldet.cli.evaluate import main as kldet_eval
 from kldet.cli.train import build_datamodule, build_module, build_trainer, train
-from kldet.lit import NonFiniteLossError
+from kldet.lit import EXAMPLE_INPUT_SIZE, KLDetModule, NonFiniteLossError
 from kldet.model import KLDet
 from kldet.optim import WarmupMultiStep
 from training import TINY, TINY_DATA, Probe, kldet_train, tiny_config
@@ -19,11 +22,14 @@ from training import TINY, TINY_DATA, Probe, kldet_train, tiny_config
 pytestmark = pytest.mark.usefixtures("quiet_single_thread")
 
 
-def test_fast_dev_run_of_the_synthetic_experiment(monkeypatch, capsys, tmp_path, data_dir):
+def test_fast_dev_run_of_the_synthetic_experiment(monkeypatch, capsys, caplog, tmp_path, data_dir):
     run_dir = tmp_path / "run"
+    # With the model summary on, as kldet-train prints it: it runs the module's example input.
+    with_summary = [o for o in TINY if not o.startswith("callbacks.model_summary.")]
     kldet_train(
         monkeypatch,
-        *TINY,
+        *with_summary,
+        "callbacks.model_summary.max_depth=1",
         "trainer.fast_dev_run=true",
         f"paths.data_dir={data_dir}",
         f"hydra.run.dir={run_dir}",
@@ -36,6 +42,8 @@ def test_fast_dev_run_of_the_synthetic_experiment(monkeypatch, capsys, tmp_path,
         metrics
     )
     assert re.search(r"\|\s*AP\s*\|\s*AP50\s*\|", capsys.readouterr().out)
+    flops = re.search(r"^([\d.]+(?: [KMGTB])?)\s+Total Flops", caplog.text, re.MULTILINE)
+    assert flops and flops.group(1) != "0"
 
 
 def test_checkpoints_and_resume_restore_step_optimiser_and_schedule(tmp_path, data_dir):
@@ -227,3 +235,14 @@ def test_channels_last_training_keeps_the_network_and_batches_nhwc(tmp_path, dat
     build_trainer(cfg).fit(module, datamodule=datamodule)
     assert seen == [True]
     assert module.model.head.cls_logits.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_model_summary_counts_flops_on_the_example_input():
+    module = KLDetModule(tiny_spec(2), ["a", "b"])
+    example = module.example_input_array
+    assert example.shape == (1, 3, EXAMPLE_INPUT_SIZE, EXAMPLE_INPUT_SIZE) and EXAMPLE_INPUT_SIZE % 64 == 0
+    assert "example_input_array" not in module.state_dict()
+    summary = ModelSummary(module, max_depth=1)
+    # What the summary counts is the forward of the detector on that input, counted on its own.
+    assert summary.total_flops == count_flops(lambda: module.model(example)) > 0
+    assert "Total Flops" in str(summary) and module.example_input_array is example

@@ -37,6 +37,10 @@ from kldet.spec import instantiate
 log = logging.getLogger(__name__)
 
 
+#: Side of the zero image the model summary runs to count FLOPs (its "Total Flops" is at this size).
+EXAMPLE_INPUT_SIZE = 256
+
+
 class NonFiniteLossError(KLDetError):
     """The training loss became NaN or infinite; the message names the step and the images."""
 
@@ -142,6 +146,9 @@ class KLDetModule(L.LightningModule):
         self.model = instantiate(self.hparams["model"])
         if not isinstance(self.model, KLDet):
             raise KLDetConfigError(f"model._target_={model.get('_target_')!r} builds no KLDet")
+        # One small zero image (S a multiple of 64, as every level needs) for Lightning's model summary,
+        # which then counts FLOPs; a plain attribute, so no state_dict entry and never moved with the module.
+        self.example_input_array = torch.zeros((1, 3, EXAMPLE_INPUT_SIZE, EXAMPLE_INPUT_SIZE))
         self.val_metric = DetectionMetric(metric, classes)
         self.test_metric = DetectionMetric(metric, classes)
         # Unreadable files the data sets skipped this epoch, by stage (lenient loading only).

@@ -8,6 +8,7 @@ the IoU of the shrunk priors (stage 2) — a constant of any value gives the sam
 """
 
 import math
+from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
 import numpy as np
@@ -17,8 +18,12 @@ from torch import Tensor
 
 from kldet.assign.assigners import AliTSMAssigner, ATSSAssigner, FCOSAssigner, point_grid
 from kldet.data.aitod import AITOD_CLASSES
+from kldet.data.dataset import padded_size
+from kldet.data.records import Record
 from kldet.data.stats import SIZE_BIN_EDGES, SIZE_BINS, box_sizes
 from kldet.data.synthetic import synthesize_image
+from kldet.data.transforms import resized_size
+from kldet.errors import KLDetDataError
 
 P2_P6_STRIDES = (4, 8, 16, 32, 64)
 P3_P7_STRIDES = (8, 16, 32, 64, 128)
@@ -103,37 +108,85 @@ def size_bin_statistics(
     return statistics
 
 
-def synthetic_assignment_statistics(
-    num_images: int = 20,
-    image_size: int = 800,
-    seed: int = 0,
-    score_noise: float = 0.0,
-) -> dict[str, list[SizeBinStatistics]]:
-    """Per-size-bin statistics of the four assigners over scenes of the synthetic data set.
+class Scene(NamedTuple):
+    """The ground truths of one network input."""
 
-    Scene ``i`` is image ``i`` of ``kldet.data.synthetic.generate(..., seed=seed, image_size=image_size)``
-    (AI-TOD-like sizes: mostly 4-16 px, a few up to 64).
+    image_size: tuple[int, int]  # (H, W) of the input the points are laid on
+    boxes: np.ndarray  # (G, 4) float32 xyxy in that input's pixels
+    labels: np.ndarray  # (G,) int64 class indices
+
+
+class GroundTruthPositives(NamedTuple):
+    """Every ground truth of a set of scenes with its number of positives under each assigner."""
+
+    boxes: np.ndarray  # (G, 4) float32 xyxy, in the scenes' pixels
+    labels: np.ndarray  # (G,) int64
+    positives: dict[str, np.ndarray]  # assigner name -> (G,) int32 positive points of each ground truth
+
+    def statistics(self, label: int | None = None) -> dict[str, list[SizeBinStatistics]]:
+        """:func:`size_bin_statistics` per assigner, of every ground truth or of class ``label`` only."""
+        keep = slice(None) if label is None else self.labels == label
+        return {
+            name: size_bin_statistics(self.boxes[keep], counts[keep])
+            for name, counts in self.positives.items()
+        }
+
+
+def count_positives(
+    scenes: Iterable[Scene], num_classes: int, score_noise: float = 0.0, seed: int = 0
+) -> GroundTruthPositives:
+    """Runs :func:`compare_assigners` on each scene as it comes and keeps only the positive count of each
+    ground truth, so memory grows with the ground truths, not with the points (a stream of scenes read
+    from a large data set is fine).
 
     Args:
         score_noise: standard deviation of Gaussian noise added to the constant Ali-TSM logits (0: the
             state at initialisation), drawn from ``torch.Generator().manual_seed(seed)``.
     """
     generator = torch.Generator().manual_seed(seed)
-    num_priors = len(point_grid((image_size, image_size), P2_P6_STRIDES, torch.device("cpu")).points)
-    num_classes = len(AITOD_CLASSES)
-    boxes, positives = [], {}
-    for i in range(num_images):
-        _, scene_boxes, scene_labels = synthesize_image(np.random.default_rng([seed, i]), image_size)
-        logits = INITIAL_LOGIT + score_noise * torch.randn((num_priors, num_classes), generator=generator)
-        gt_boxes = torch.from_numpy(scene_boxes)
+    boxes, labels, positives = [], [], {}
+    for scene in scenes:
+        gt_boxes = torch.as_tensor(scene.boxes, dtype=torch.float32).reshape(-1, 4)
+        logits = None
+        if score_noise:
+            num_priors = len(point_grid(tuple(scene.image_size), P2_P6_STRIDES, torch.device("cpu")).points)
+            noise = torch.randn((num_priors, num_classes), generator=generator)
+            logits = INITIAL_LOGIT + score_noise * noise
         assignments = compare_assigners(
-            (image_size, image_size), gt_boxes, torch.from_numpy(scene_labels), num_classes, logits
+            scene.image_size, gt_boxes, torch.as_tensor(scene.labels), num_classes, logits
         )
         for name, assignment in assignments.items():
-            positives.setdefault(name, []).append(positives_per_gt(assignment.assigned, len(gt_boxes)))
-        boxes.append(scene_boxes)
-    all_boxes = np.concatenate(boxes)
-    return {name: size_bin_statistics(all_boxes, torch.cat(counts)) for name, counts in positives.items()}
+            counts = positives_per_gt(assignment.assigned, len(gt_boxes)).to(torch.int32).numpy()
+            positives.setdefault(name, []).append(counts)
+        boxes.append(gt_boxes.numpy())
+        labels.append(np.asarray(scene.labels, np.int64).reshape(-1))
+    if not boxes:
+        raise KLDetDataError("no scenes to count positives in (an empty data set?)")
+    return GroundTruthPositives(
+        np.concatenate(boxes),
+        np.concatenate(labels),
+        {name: np.concatenate(counts) for name, counts in positives.items()},
+    )
+
+
+def synthetic_scenes(num_images: int = 20, image_size: int = 800, seed: int = 0) -> Iterator[Scene]:
+    """Scene ``i`` is image ``i`` of ``kldet.data.synthetic.generate(..., seed=seed, image_size=image_size)``
+    (AI-TOD-like sizes: mostly 4-16 px, a few up to 64)."""
+    for i in range(num_images):
+        _, boxes, labels = synthesize_image(np.random.default_rng([seed, i]), image_size)
+        yield Scene((image_size, image_size), boxes, labels)
+
+
+def synthetic_assignment_statistics(
+    num_images: int = 20,
+    image_size: int = 800,
+    seed: int = 0,
+    score_noise: float = 0.0,
+) -> dict[str, list[SizeBinStatistics]]:
+    """Per-size-bin statistics of the four assigners over :func:`synthetic_scenes` (``score_noise``: see
+    :func:`count_positives`)."""
+    scenes = synthetic_scenes(num_images, image_size, seed)
+    return count_positives(scenes, len(AITOD_CLASSES), score_noise, seed).statistics()
 
 
 def format_statistics(statistics: dict[str, list[SizeBinStatistics]]) -> str:
@@ -185,3 +238,14 @@ def plot_statistics(statistics: dict[str, list[SizeBinStatistics]]) -> Figure:
         axes.grid(axis="y", alpha=0.3)
     right.legend()
     return figure
+
+
+def record_scenes(records: Iterable[Record], max_size: int | None = 800) -> Iterator[Scene]:
+    """The training input of each record as a scene: its ``boxes`` scaled as
+    :class:`kldet.data.transforms.DetectionTransform` ``(max_size)`` scales them (longer side to
+    ``max_size``, no flips), on the image zero-padded to a multiple of 32 as a batch of one is
+    (:func:`kldet.data.dataset.padded_size`). Only the boxes and the recorded size are read: no image."""
+    for record in records:
+        height, width = resized_size(record.height, record.width, max_size)
+        scale = np.array([width / record.width, height / record.height] * 2, np.float32)
+        yield Scene(padded_size([(height, width)]), record.boxes * scale, record.labels)

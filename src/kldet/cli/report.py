@@ -1,4 +1,4 @@
-"""How the five CLIs end: one exit-status rule and one error line.
+"""How the six CLIs end: one exit-status rule and one error line.
 
 Every kldet CLI exits :data:`EXIT_OK` (0) when it did its job or printed its help, and :data:`EXIT_ERROR`
 (1) for anything wrong: a bad argument or config key, bad data, a failure while running, and (kldet-data

@@ -77,13 +77,21 @@ class FCOSHead(nn.Module):
         nn.init.constant_(self.cls_logits.bias, -math.log((1 - prior_probability) / prior_probability))
 
     def forward(self, features: list[Tensor]) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
-        cls_logits, box_regression, centerness = [], [], []
-        for feature, scale in zip(features, self.scales, strict=True):
-            cls_logits.append(self.cls_logits(self.cls_tower(feature)))
-            reg_feature = self.reg_tower(feature)
-            box_regression.append(torch.relu(scale(self.box_regression(reg_feature))))
-            centerness.append(self.centerness(reg_feature))
+        if len(features) != self.num_levels:
+            raise ValueError(f"the head has {self.num_levels} levels but got {len(features)} feature maps")
+        outputs = [self.forward_level(feature, level) for level, feature in enumerate(features)]
+        cls_logits, box_regression, centerness = (list(maps) for maps in zip(*outputs, strict=True))
         return cls_logits, box_regression, centerness
+
+    def forward_level(self, feature: Tensor, level: int) -> tuple[Tensor, Tensor, Tensor]:
+        """The head on pyramid level ``level`` (0 = the finest) alone: feature (B, channels, h, w) ->
+        cls_logits (B, C, h, w), box_regression (B, 4, h, w), centerness (B, 1, h, w)."""
+        reg_feature = self.reg_tower(feature)
+        return (
+            self.cls_logits(self.cls_tower(feature)),
+            torch.relu(self.scales[level](self.box_regression(reg_feature))),
+            self.centerness(reg_feature),
+        )
 
 
 def decode_boxes(points: Tensor, point_strides: Tensor, distances: Tensor) -> Tensor:

@@ -83,3 +83,13 @@ def test_kldet_data_help_and_check_run_without_lightning_hydra_or_torch(syntheti
     )
     assert status == 0
     assert not loaded
+
+
+def test_lazy_package_names_are_the_modules_objects_and_unknown_names_fail():
+    import kldet.data
+    import kldet.data.coco
+
+    assert kldet.data.read_coco is kldet.data.coco.read_coco
+    assert set(kldet.data.__all__) <= set(dir(kldet.data))
+    with pytest.raises(AttributeError, match="'kldet.data' has no attribute 'read_nothing'"):
+        _ = kldet.data.read_nothing

@@ -10,7 +10,7 @@ EXPERIMENT ?= synthetic
 ARGS ?=
 CKPT ?=
 
-.PHONY: install test lint bench bench-assign bench-model bench-data bench-eval bench-predict bench-gpu \
+.PHONY: install test lint bench bench-assign bench-model bench-data bench-eval bench-startup bench-predict bench-gpu \
 	demo synth train eval sweep tensorboard ablation assignment-stats authors-assignment clean
 
 install: $(STAMP)
@@ -63,7 +63,7 @@ assignment-stats: install
 authors-assignment: install
 	$(BIN)/python benchmarks/authors_assignment.py $(ARGS)
 
-bench: bench-assign bench-model bench-data bench-eval bench-predict
+bench: bench-assign bench-model bench-data bench-eval bench-startup bench-predict
 
 bench-assign: install
 	$(BIN)/python benchmarks/bench_assign.py
@@ -76,6 +76,9 @@ bench-data: install
 
 bench-eval: install
 	$(BIN)/python benchmarks/bench_eval.py
+
+bench-startup: install
+	$(BIN)/python benchmarks/bench_startup.py $(ARGS)
 
 bench-predict: install
 	$(BIN)/python benchmarks/bench_predict.py

@@ -20,19 +20,18 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
-from hydra.errors import HydraException
-from omegaconf import DictConfig, open_dict
-from omegaconf.errors import OmegaConfBaseException
+from typing import TYPE_CHECKING
 
 from kldet.cli.dotlist import parse_dotlist
 from kldet.cli.logs import console_logging
 from kldet.cli.report import EXIT_OK, report_error
-from kldet.cli.validate import validate_config
 from kldet.errors import KLDetConfigError, KLDetError
 from kldet.evaluation import evaluate_results_file, format_table
+
+# The checkpoint mode's imports (Hydra, Lightning through kldet.cli.validate and kldet.cli.train, the model)
+# are made in its functions: the results mode needs none of them, and they cost seconds of start-up.
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 
 @dataclass
@@ -82,8 +81,14 @@ def run(config: EvaluateConfig) -> dict[str, float]:
 
 def checkpoint_config(overrides: list[str]) -> DictConfig:
     """``conf/eval.yaml`` composed with Hydra ``overrides``; an unknown key is a ``KLDetConfigError``."""
-    # Imported here: the results mode needs neither Lightning nor the model.
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.errors import HydraException
+    from omegaconf import open_dict
+    from omegaconf.errors import OmegaConfBaseException
+
     from kldet.cli.train import CONFIG_DIR
+    from kldet.cli.validate import validate_config
 
     try:
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):

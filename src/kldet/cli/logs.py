@@ -41,6 +41,9 @@ def console_logging() -> Iterator[None]:
     """The console of kldet-train, while the block runs, for a CLI without Hydra's job logging (kldet-eval's
     checkpoint mode): messages at INFO through :class:`ConsoleFilter` (no Lightning tips), warnings as log
     records, library deprecations (:data:`LIBRARY_WARNINGS`) not shown. Restores the logging set-up after."""
+    # Lightning gives its loggers their handlers when it is imported: it must be before they are re-routed.
+    import lightning  # noqa: F401
+
     handler = logging.StreamHandler(sys.stdout)
     handler.addFilter(ConsoleFilter())
     root = logging.getLogger()

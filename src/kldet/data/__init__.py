@@ -1,39 +1,34 @@
 """Data sets as records: readers with validation, a synthetic set, transforms, a Dataset and collate."""
 
-from kldet.data.aitod import AITOD_CLASSES, find_aitod_split, read_aitod
-from kldet.data.coco import find_coco_split, read_coco, to_coco
-from kldet.data.dataset import DetectionDataset, collate
-from kldet.data.dior import DIOR_CLASSES, find_dior_split, read_dior, read_voc
-from kldet.data.folder import read_image_folder
-from kldet.data.formats import FORMATS, locate_split, read_dataset
-from kldet.data.images import IMAGE_SUFFIXES, load_image
-from kldet.data.records import DetectionSet, Problem, Record
-from kldet.data.transforms import DetectionTransform
-from kldet.model.normalization import IMAGENET_MEAN, IMAGENET_STD
+from kldet.lazy import lazy_exports
 
-__all__ = [
-    "AITOD_CLASSES",
-    "DIOR_CLASSES",
-    "FORMATS",
-    "IMAGE_SUFFIXES",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
-    "DetectionDataset",
-    "DetectionSet",
-    "DetectionTransform",
-    "Problem",
-    "Record",
-    "collate",
-    "find_aitod_split",
-    "find_coco_split",
-    "find_dior_split",
-    "load_image",
-    "locate_split",
-    "read_aitod",
-    "read_coco",
-    "read_dataset",
-    "read_dior",
-    "read_image_folder",
-    "read_voc",
-    "to_coco",
-]
+# name -> its module, imported when the name is first read: importing one submodule does not import
+# the others (see kldet.lazy).
+_EXPORTS = {
+    "AITOD_CLASSES": "kldet.data.aitod",
+    "DIOR_CLASSES": "kldet.data.dior",
+    "FORMATS": "kldet.data.formats",
+    "IMAGE_SUFFIXES": "kldet.data.images",
+    "IMAGENET_MEAN": "kldet.model.normalization",
+    "IMAGENET_STD": "kldet.model.normalization",
+    "DetectionDataset": "kldet.data.dataset",
+    "DetectionSet": "kldet.data.records",
+    "DetectionTransform": "kldet.data.transforms",
+    "Problem": "kldet.data.records",
+    "Record": "kldet.data.records",
+    "collate": "kldet.data.dataset",
+    "find_aitod_split": "kldet.data.aitod",
+    "find_coco_split": "kldet.data.coco",
+    "find_dior_split": "kldet.data.dior",
+    "load_image": "kldet.data.images",
+    "locate_split": "kldet.data.formats",
+    "read_aitod": "kldet.data.aitod",
+    "read_coco": "kldet.data.coco",
+    "read_dataset": "kldet.data.formats",
+    "read_dior": "kldet.data.dior",
+    "read_image_folder": "kldet.data.folder",
+    "read_voc": "kldet.data.dior",
+    "to_coco": "kldet.data.coco",
+}
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

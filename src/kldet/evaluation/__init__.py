@@ -1,47 +1,34 @@
 """Detection metrics: AI-TOD / COCO AP on faster-coco-eval (AI-TOD with oLRP), VOC mAP, and a DDP-safe
 torchmetrics Metric."""
 
-from kldet.evaluation.coco import (
-    AITOD_PROTOCOL,
-    COCO_PROTOCOL,
-    PROTOCOLS,
-    CocoDetections,
-    CocoProtocol,
-    configure_params,
-    detections_dataset,
-    evaluate_coco,
-    summarize,
-)
-from kldet.evaluation.coco_json import read_coco_ground_truth, read_coco_results
-from kldet.evaluation.evaluate import METRIC_KINDS, evaluate_detections, evaluate_results_file
-from kldet.evaluation.inputs import EvaluationSet
-from kldet.evaluation.lrp import LRP_KEYS, OptimalLRP, optimal_lrp
-from kldet.evaluation.metric import DetectionMetric, sample_ground_truth
-from kldet.evaluation.table import format_table
-from kldet.evaluation.voc import evaluate_voc, voc_average_precision
+from kldet.lazy import lazy_exports
 
-__all__ = [
-    "AITOD_PROTOCOL",
-    "COCO_PROTOCOL",
-    "LRP_KEYS",
-    "METRIC_KINDS",
-    "PROTOCOLS",
-    "CocoDetections",
-    "CocoProtocol",
-    "DetectionMetric",
-    "sample_ground_truth",
-    "EvaluationSet",
-    "OptimalLRP",
-    "configure_params",
-    "detections_dataset",
-    "evaluate_coco",
-    "evaluate_detections",
-    "evaluate_results_file",
-    "evaluate_voc",
-    "format_table",
-    "optimal_lrp",
-    "read_coco_ground_truth",
-    "read_coco_results",
-    "summarize",
-    "voc_average_precision",
-]
+# name -> its module, imported when the name is first read: importing one submodule does not import
+# the others (see kldet.lazy).
+_EXPORTS = {
+    "AITOD_PROTOCOL": "kldet.evaluation.coco",
+    "COCO_PROTOCOL": "kldet.evaluation.coco",
+    "LRP_KEYS": "kldet.evaluation.lrp",
+    "METRIC_KINDS": "kldet.evaluation.evaluate",
+    "PROTOCOLS": "kldet.evaluation.coco",
+    "CocoDetections": "kldet.evaluation.coco",
+    "CocoProtocol": "kldet.evaluation.coco",
+    "DetectionMetric": "kldet.evaluation.metric",
+    "sample_ground_truth": "kldet.evaluation.metric",
+    "EvaluationSet": "kldet.evaluation.inputs",
+    "OptimalLRP": "kldet.evaluation.lrp",
+    "configure_params": "kldet.evaluation.coco",
+    "detections_dataset": "kldet.evaluation.coco",
+    "evaluate_coco": "kldet.evaluation.coco",
+    "evaluate_detections": "kldet.evaluation.evaluate",
+    "evaluate_results_file": "kldet.evaluation.evaluate",
+    "evaluate_voc": "kldet.evaluation.voc",
+    "format_table": "kldet.evaluation.table",
+    "optimal_lrp": "kldet.evaluation.lrp",
+    "read_coco_ground_truth": "kldet.evaluation.coco_json",
+    "read_coco_results": "kldet.evaluation.coco_json",
+    "summarize": "kldet.evaluation.coco",
+    "voc_average_precision": "kldet.evaluation.voc",
+}
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,30 +1,29 @@
-"""COCO-style box AP and AR on faster-coco-eval, with the AI-TOD protocol and the standard COCO one.
+"""COCO-style box AP and AR, with the AI-TOD protocol and the standard COCO one.
 
 AI-TOD (its authors' cocoapi fork) scores on box area with the ranges very tiny [0, 8²], tiny [8², 16²],
 small [16², 32²] and medium [32², 1e5²], and lets each image keep up to 1500 detections per class.
-Both COCO libraries hard-code the standard three ranges in ``summarize()``, so :func:`summarize`
-reads AP and AR off the ``precision`` / ``recall`` arrays that ``accumulate()`` leaves, for any ranges.
+The matching and accumulation run on arrays (:mod:`kldet.evaluation.cocoeval`, faster-coco-eval's numbers);
+both COCO libraries hard-code the standard three ranges in ``summarize()``, so :func:`summarize` reads AP
+and AR off the ``precision`` / ``recall`` arrays that ``accumulate()`` leaves, for any ranges.
 The AI-TOD protocol adds the optimal LRP (:mod:`kldet.evaluation.lrp`) on the matching of AP50.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
-import torch
-from faster_coco_eval import COCO, COCOeval_faster
-from torchvision.ops import box_convert
 
 from kldet.data.records import gc_paused
 from kldet.errors import KLDetDataError
-from kldet.evaluation.inputs import EvaluationSet
+from kldet.evaluation.cocoeval import CocoArrays, Matching, accumulate, match
 from kldet.evaluation.lrp import LRP_KEYS, OptimalLRP, optimal_lrp
 
-logger = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    # Only for the annotation: scoring a results file (kldet-eval results=) runs on numpy, without torch.
+    from kldet.evaluation.inputs import EvaluationSet
 
 # Same values as both libraries' defaults; linspace, as they note, because arange drifts.
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
@@ -181,13 +180,13 @@ def _mean_valid(values: np.ndarray) -> float:
 def evaluate_coco(
     ground_truth: dict, detections: CocoDetections, protocol: CocoProtocol, source: str = "detections"
 ) -> dict[str, float]:
-    """COCO-style box evaluation of ``detections`` against ``ground_truth``.
+    """COCO-style box evaluation of ``detections`` against ``ground_truth``, with the numbers of faster-coco-eval
+    (and, to rounding, pycocotools) computed on arrays (:mod:`kldet.evaluation.cocoeval`).
 
     Args:
         ground_truth: a COCO data set dict: ``images`` (``id``), ``categories`` (``id``, ``name``) and
-            ``annotations`` (``id`` from 1, ``image_id``, ``category_id``, ``bbox`` xywh, ``area``,
-            ``iscrowd``: 1 marks a region where detections are ignored). faster-coco-eval adds an
-            ``ignore`` key to each annotation dict, as pycocotools does.
+            ``annotations`` (``image_id``, ``category_id``, ``bbox`` xywh, ``area``, ``iscrowd``: 1 marks a
+            region where detections are ignored); annotations of other images or categories are left out.
         detections: the results; every image and category id must be in ``ground_truth``.
         protocol: :data:`AITOD_PROTOCOL`, :data:`COCO_PROTOCOL` or another.
         source: names the detections in error messages (a results file, say).
@@ -195,95 +194,77 @@ def evaluate_coco(
     Returns:
         :func:`summarize`'s dict; per-class keys use the category names in id order.
     """
-    check_detection_ids(
-        detections,
-        [img["id"] for img in ground_truth["images"]],
-        [cat["id"] for cat in ground_truth["categories"]],
-        source,
+    image_ids = [img["id"] for img in ground_truth["images"]]
+    categories = sorted(ground_truth["categories"], key=lambda c: c["id"])
+    category_ids = np.array([c["id"] for c in categories], dtype=np.int64)
+    check_detection_ids(detections, image_ids, category_ids, source)
+    objects = object_arrays(ground_truth["annotations"], image_ids, category_ids)
+    boxes = np.asarray(detections.boxes, dtype=np.float64).reshape(-1, 4)
+    found = CocoArrays(
+        image_ids=np.asarray(detections.image_ids, dtype=np.int64),
+        category_ids=np.asarray(detections.category_ids, dtype=np.int64),
+        boxes=boxes,
+        areas=boxes[:, 2] * boxes[:, 3],
+        scores=np.asarray(detections.scores, dtype=np.float64),
+        crowd=np.zeros(len(boxes), dtype=bool),
     )
-    names = [c["name"] for c in sorted(ground_truth["categories"], key=lambda c: c["id"])]
-    with gc_paused():
-        coco_gt = COCO(ground_truth, print_function=logger.debug)
-        coco_dt = COCO(detections_dataset(ground_truth, detections), print_function=logger.debug)
-        evaluator = COCOeval_faster(coco_gt, coco_dt, "bbox", print_function=logger.debug)
-        configure_params(evaluator.params, protocol)
-        evaluator.evaluate()
-        evaluator.accumulate()
-        lrp = class_lrp(evaluator, ground_truth, detections, protocol) if protocol.olrp else None
-    return summarize(evaluator.eval["precision"], evaluator.eval["recall"], protocol, names, lrp)
+    area_ranges = np.array([[low, high] for _, _, low, high in protocol.area_ranges], dtype=np.float64)
+    iou50 = int(np.flatnonzero(np.isclose(IOU_THRESHOLDS, 0.5))[0])
+    matching = match(objects, found, IOU_THRESHOLDS, area_ranges, protocol.max_dets[-1], lrp_threshold=iou50)
+    precision, recall = accumulate(
+        objects, found, matching, category_ids, area_ranges, list(protocol.max_dets)
+    )
+    lrp = class_lrp(objects, found, matching, category_ids, protocol) if protocol.olrp else None
+    return summarize(precision, recall, protocol, [c["name"] for c in categories], lrp)
 
 
-class _MatchingAt(COCOeval_faster):
-    """faster-coco-eval's matching for one IoU threshold, area range and cap, on the IoUs that an evaluator
-    has computed for all of them.
-
-    faster-coco-eval keeps its per-image matching in C++ objects Python cannot read, and its ``matched``
-    dict (detection id, ground-truth id -> IoU) merges the matchings of every threshold and range, where a
-    detection can match a different ground truth at each. Evaluating the one setting again, with the same
-    code on the same IoUs, gives exactly the matching that AP at that setting counted.
-    """
-
-    def __init__(
-        self, evaluator: COCOeval_faster, iou_threshold: float, area: tuple[float, float], max_det: int
-    ):
-        super().__init__(evaluator.cocoGt, evaluator.cocoDt, "bbox", print_function=logger.debug)
-        self.params.iouThrs = np.array([iou_threshold])
-        self.params.areaRng = [list(area)]
-        self.params.areaRngLbl = ["all"]
-        self.params.maxDets = [max_det]
-        self._computed_ious = evaluator.ious
-
-    def computeIoU(self, imgId, catId):  # noqa: N802 (the library's name)
-        return self._computed_ious[imgId, catId]
+def object_arrays(annotations: list[dict], image_ids, category_ids) -> CocoArrays:
+    """The annotations of the given images and categories as :class:`~kldet.evaluation.cocoeval.CocoArrays`,
+    in their order (as the COCO libraries select them)."""
+    count = len(annotations)
+    arrays = CocoArrays(
+        image_ids=np.fromiter((a["image_id"] for a in annotations), dtype=np.int64, count=count),
+        category_ids=np.fromiter((a["category_id"] for a in annotations), dtype=np.int64, count=count),
+        boxes=np.array([a["bbox"] for a in annotations], dtype=np.float64).reshape(count, 4),
+        areas=np.fromiter((a["area"] for a in annotations), dtype=np.float64, count=count),
+        scores=np.zeros(count),
+        crowd=np.fromiter((bool(a.get("iscrowd", 0)) for a in annotations), dtype=bool, count=count),
+    )
+    known = np.isin(arrays.image_ids, np.asarray(image_ids, dtype=np.int64)) & np.isin(
+        arrays.category_ids, category_ids
+    )
+    return arrays if known.all() else CocoArrays(*(field[known] for field in arrays))
 
 
 def class_lrp(
-    evaluator: COCOeval_faster, ground_truth: dict, detections: CocoDetections, protocol: CocoProtocol
+    objects: CocoArrays,
+    detections: CocoArrays,
+    matching: Matching,
+    category_ids: np.ndarray,
+    protocol: CocoProtocol,
 ) -> list[OptimalLRP | None]:
-    """The optimal LRP of each category (id order) on the matching of AP at IoU 0.5, the first (whole) area
-    range and the last cap, after ``evaluator.evaluate()`` on ``ground_truth`` and
-    :func:`detections_dataset` of ``detections`` (detection ids 1..N in their order).
+    """The optimal LRP of each category (``category_ids`` order) on the matching of AP at IoU 0.5, the first
+    (whole) area range and the last cap (:attr:`~kldet.evaluation.cocoeval.Matching.object_at`).
 
     As in the AI-TOD fork, each image keeps its top ``max_dets[-1]`` detections per class, a detection
     matched to a crowd (ignored) box counts as neither TP nor FP, and N_gt counts the boxes that are not.
     """
     _, _, low, high = protocol.area_ranges[0]
-    matching = _MatchingAt(evaluator, 0.5, (low, high), protocol.max_dets[-1])
-    matching.evaluate()
-    matched = matching.eval["matched"]  # "dtid_gtid" -> IoU, for every matched detection
-    pairs = np.array([key.split("_") for key in matched], dtype=np.int64).reshape(-1, 2)
-
-    gt = ground_truth["annotations"]
-    gt_ids = np.array([a["id"] for a in gt], dtype=np.int64)
-    gt_categories = np.array([a["category_id"] for a in gt], dtype=np.int64)
-    gt_areas = np.array([a["area"] for a in gt], dtype=np.float64)
-    gt_ignored = np.array([bool(a.get("iscrowd", 0)) for a in gt], dtype=bool) | ~_within(gt_areas, low, high)
-    by_id = np.argsort(gt_ids)
-
-    count = len(detections.scores)
-    ious = np.zeros(count)
-    matched_gt = np.full(count, -1)  # row in ``gt``
-    ious[pairs[:, 0] - 1] = np.fromiter(matched.values(), dtype=np.float64, count=len(matched))
-    matched_gt[pairs[:, 0] - 1] = by_id[np.searchsorted(gt_ids, pairs[:, 1], sorter=by_id)]
+    gt_ignored = objects.crowd | ~_within(objects.areas, low, high)
+    matched_gt = matching.object_at
     is_matched = matched_gt >= 0
-    areas = detections.boxes[:, 2] * detections.boxes[:, 3]
-    ignored = ~_within(areas, low, high)  # unmatched detections outside the range; matched ones by their box
+    ignored = ~_within(
+        detections.areas, low, high
+    )  # unmatched detections outside the range; matched ones by their box
     ignored[is_matched] = gt_ignored[matched_gt[is_matched]]
-    # The libraries rank an image's detections of a class by score, ties in id order, and keep the cap.
-    ids = np.arange(count)
-    order = np.lexsort((ids, -detections.scores, detections.category_ids, detections.image_ids))
-    group = np.stack([detections.image_ids[order], detections.category_ids[order]])
-    starts = np.flatnonzero(np.r_[True, (group[:, 1:] != group[:, :-1]).any(axis=0)]) if count else ids
-    rank = np.empty(count, dtype=np.int64)
-    rank[order] = ids - np.repeat(starts, np.diff(np.r_[starts, count]))
-    counted = (rank < protocol.max_dets[-1]) & ~ignored
+    counted = (matching.rank < protocol.max_dets[-1]) & ~ignored
     # Across images, ties rank by image id, then id (the fork's stable sort of image-ordered lists).
-    ranked = np.lexsort((ids, detections.image_ids))
+    ranked = np.lexsort((np.arange(len(detections.scores)), detections.image_ids))
     results = []
-    for category in sorted(c["id"] for c in ground_truth["categories"]):
+    for category in category_ids:
         rows = ranked[counted[ranked] & (detections.category_ids[ranked] == category)]
-        num_gt = int(((gt_categories == category) & ~gt_ignored).sum())
-        results.append(optimal_lrp(detections.scores[rows], is_matched[rows], ious[rows], num_gt))
+        num_gt = int(((objects.category_ids == category) & ~gt_ignored).sum())
+        results.append(optimal_lrp(detections.scores[rows], is_matched[rows], matching.iou_at[rows], num_gt))
     return results
 
 
@@ -353,7 +334,7 @@ def ground_truth_dataset(
         "annotations": _annotation_dicts(
             np.asarray(annotation_image_ids),
             np.asarray(category_ids),
-            box_convert(torch.as_tensor(boxes, dtype=torch.float64).reshape(-1, 4), "xyxy", "xywh").numpy(),
+            _xywh(np.asarray(boxes, dtype=np.float64).reshape(-1, 4)),
             np.asarray(areas, dtype=np.float64),
             np.asarray(iscrowd),
         ),
@@ -377,7 +358,7 @@ def coco_inputs(data: EvaluationSet, class_names: list[str]) -> tuple[dict, Coco
     detections = CocoDetections(
         image_ids=data.image_ids[data.image_index(data.pred_counts)].numpy(),
         category_ids=data.pred_labels.numpy() + 1,
-        boxes=_xywh(data.pred_boxes),
+        boxes=_xywh(data.pred_boxes.double().numpy()),
         scores=data.pred_scores.double().numpy(),
     )
     return ground_truth, detections
@@ -402,5 +383,6 @@ def _annotation_dicts(
         ]
 
 
-def _xywh(boxes) -> np.ndarray:
-    return box_convert(boxes.double(), "xyxy", "xywh").numpy()
+def _xywh(boxes: np.ndarray) -> np.ndarray:
+    """(N, 4) ``xyxy`` -> ``xywh``, the same float64 differences as ``torchvision.ops.box_convert``."""
+    return np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from kldet.cli.data import DataFormat
+from kldet.cli.data import DataSetKeys
 from kldet.cli.dotlist import check_writable_folder, option, run_dotlist_cli
 from kldet.cli.report import EXIT_OK, report_error
 from kldet.errors import KLDetConfigError
@@ -38,14 +38,10 @@ USAGE = (__doc__ or "").split("\n\n", 1)[1]
 
 
 @dataclasses.dataclass
-class AssignConfig:
-    """``kldet-analyze assign``: ``ann`` + ``images`` (aitod, coco) or ``root`` + ``split`` (any format)."""
+class AssignConfig(DataSetKeys):
+    """``kldet-analyze assign``: ``ann`` + ``images`` (aitod, coco) or ``root`` + ``split`` (any format);
+    the images' headers are read, the images never decoded."""
 
-    format: DataFormat = option(DataFormat.aitod, "aitod, dior or coco")
-    ann: str | None = option(None, "annotation file (aitod, coco)")
-    images: str | None = option(None, "image folder (aitod, coco): headers are read, images never decoded")
-    root: str | None = option(None, "data set root (aitod, dior, coco)")
-    split: str | None = option(None, "split name under root (aitod, dior, coco)")
     max_size: int | None = option(800, "longer image side in training (data.max_size); null: native size")
     per_class: bool = option(False, "add the tables of each class")
     score_noise: float = option(

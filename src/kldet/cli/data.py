@@ -66,14 +66,21 @@ class SynthConfig:
 
 
 @dataclass
-class CheckConfig:
-    """``kldet-data check``: ``ann`` + ``images`` (aitod, coco) or ``root`` + ``split`` (any format)."""
+class DataSetKeys:
+    """The keys that name a data set: ``ann`` + ``images`` (aitod, coco) or ``root`` + ``split`` (any format);
+    kldet-data check and kldet-analyze assign take them."""
 
     format: DataFormat = option(DataFormat.aitod, "aitod, dior or coco")
     ann: str | None = option(None, "annotation file (aitod, coco)")
     images: str | None = option(None, "image folder (aitod, coco)")
     root: str | None = option(None, "data set root (aitod, dior, coco)")
     split: str | None = option(None, "split name under root (aitod, dior, coco)")
+
+
+@dataclass
+class CheckConfig(DataSetKeys):
+    """``kldet-data check``: ``ann`` + ``images`` (aitod, coco) or ``root`` + ``split`` (any format)."""
+
     decode: bool = option(
         False, "decode every image as training does, to find truncated or corrupt files (slower)"
     )

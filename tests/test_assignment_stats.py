@@ -114,8 +114,8 @@ def test_table_and_plot():
     }
     table = format_statistics(statistics)
     assert "| assigner | very tiny (n=1) | tiny (n=0) | small (n=1) | medium (n=0) |" in table
-    assert "| A | 100.0 | nan | 0.0 | nan |" in table
-    assert "| B | 2.00 | nan | 2.00 | nan |" in table
+    assert "| A | 100.0 | - | 0.0 | - |" in table
+    assert "| B | 2.00 | - | 2.00 | - |" in table
     figure = plot_statistics(statistics)
     left, right = figure.axes
     assert len(left.patches) == len(right.patches) == 2 * 4

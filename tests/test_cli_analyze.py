@@ -84,7 +84,7 @@ def test_assign_table_counts_the_known_outcome(coco_files, tmp_path, capsys):
         "zero_fraction": 0.0,
         "mean_positives": float(tiny["Ali-TSM P2-P6"]),
     }
-    assert saved["FCOS P3-P7"][1]["zero_fraction"] is None  # an empty bin: nan in the table
+    assert saved["FCOS P3-P7"][1]["zero_fraction"] is None  # an empty bin: "-" in the table
     assert (out / "assignment.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "counted 2 ground truths" in printed.err
 
@@ -99,8 +99,8 @@ def test_assign_per_class_tables_split_the_ground_truths(coco_files, capsys):
     speck, field = sections[2], sections[3]
     assert "| assigner | very tiny (n=1) | tiny (n=0) | small (n=0) | medium (n=0) |" in speck
     assert "| assigner | very tiny (n=0) | tiny (n=0) | small (n=0) | medium (n=1) |" in field
-    assert cells(speck, "FCOS P3-P7")[0][:2] == ["100.0", "nan"]
-    assert cells(field, "FCOS P3-P7")[0][0] == "nan"
+    assert cells(speck, "FCOS P3-P7")[0][:2] == ["100.0", "-"]
+    assert cells(field, "FCOS P3-P7")[0][0] == "-"
 
 
 def test_assign_at_native_size_keeps_the_2px_box(coco_files, capsys):

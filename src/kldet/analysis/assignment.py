@@ -195,12 +195,15 @@ def format_statistics(statistics: dict[str, list[SizeBinStatistics]]) -> str:
     first = next(iter(statistics.values()))
     header = "| assigner | " + " | ".join(f"{s.size_bin} (n={s.num_gts})" for s in first) + " |"
     rule = "|---|" + "---:|" * len(first)
+    def cell(value: float, spec: str) -> str:
+        return "-" if math.isnan(value) else format(value, spec)  # "-": a size bin without ground truths
+
     zero = [
-        f"| {name} | " + " | ".join(f"{100 * s.zero_fraction:.1f}" for s in bins) + " |"
+        f"| {name} | " + " | ".join(cell(100 * s.zero_fraction, ".1f") for s in bins) + " |"
         for name, bins in statistics.items()
     ]
     mean = [
-        f"| {name} | " + " | ".join(f"{s.mean_positives:.2f}" for s in bins) + " |"
+        f"| {name} | " + " | ".join(cell(s.mean_positives, ".2f") for s in bins) + " |"
         for name, bins in statistics.items()
     ]
     return "\n".join(

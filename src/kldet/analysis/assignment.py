@@ -195,6 +195,7 @@ def format_statistics(statistics: dict[str, list[SizeBinStatistics]]) -> str:
     first = next(iter(statistics.values()))
     header = "| assigner | " + " | ".join(f"{s.size_bin} (n={s.num_gts})" for s in first) + " |"
     rule = "|---|" + "---:|" * len(first)
+
     def cell(value: float, spec: str) -> str:
         return "-" if math.isnan(value) else format(value, spec)  # "-": a size bin without ground truths
 

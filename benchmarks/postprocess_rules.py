@@ -14,10 +14,8 @@ import sys
 
 import torch
 
-from kldet.cli.evaluate import checkpoint_config
-from kldet.cli.train import build_datamodule
+from kldet.cli.evaluate import checkpoint_and_data, checkpoint_config
 from kldet.evaluation import DetectionMetric, sample_ground_truth
-from kldet.lit import KLDetModule
 from kldet.model.postprocess import CANDIDATE_RULES
 
 KEYS = ("AP", "AP50", "AP_vt", "AP_t", "AR@1500", "oLRP")
@@ -26,10 +24,8 @@ KEYS = ("AP", "AP50", "AP_vt", "AP_t", "AR@1500", "oLRP")
 def main(argv: list[str]) -> None:
     ckpt, overrides = argv[0], argv[1:]
     cfg = checkpoint_config([f"ckpt={ckpt}", *overrides])
-    module = KLDetModule.from_checkpoint(ckpt)
-    # Normalised as in training (the checkpoint's channel order, mean and std), as kldet-eval does.
-    datamodule = build_datamodule(cfg, normalization=module.normalization.as_preprocess())
-    datamodule.setup("validate" if cfg.split == "val" else "test")
+    # The split read and normalised as kldet-eval does (the checkpoint's channel order, mean and std).
+    module, datamodule = checkpoint_and_data(cfg)
     loader = datamodule.val_dataloader() if cfg.split == "val" else datamodule.test_dataloader()
     model = module.model.eval()
     metrics = {rule: DetectionMetric("aitod", datamodule.classes) for rule in CANDIDATE_RULES}

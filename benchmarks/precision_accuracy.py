@@ -16,11 +16,9 @@ import sys
 import torch
 from torchvision.ops import box_iou
 
-from kldet.cli.evaluate import checkpoint_config
-from kldet.cli.train import build_datamodule
+from kldet.cli.evaluate import checkpoint_and_data, checkpoint_config
 from kldet.evaluation import DetectionMetric, sample_ground_truth
 from kldet.inference.precision import autocast
-from kldet.lit import KLDetModule
 
 KEYS = ("AP", "AP50", "AP_vt", "AP_t", "AR@1500")
 CONFIDENT = 0.3
@@ -29,9 +27,8 @@ CONFIDENT = 0.3
 def main(argv: list[str]) -> None:
     ckpt, overrides = argv[0], argv[1:]
     cfg = checkpoint_config([f"ckpt={ckpt}", *overrides])
-    module = KLDetModule.from_checkpoint(ckpt)
-    datamodule = build_datamodule(cfg, normalization=module.normalization.as_preprocess())
-    datamodule.setup("validate" if cfg.split == "val" else "test")
+    # The split read and normalised as kldet-eval does (the checkpoint's channel order, mean and std).
+    module, datamodule = checkpoint_and_data(cfg)
     loader = datamodule.val_dataloader() if cfg.split == "val" else datamodule.test_dataloader()
     model = module.model.eval()
     modes = {"fp32": ("fp32", torch.contiguous_format), "bf16 + channels_last": ("bf16", torch.channels_last)}

@@ -33,6 +33,9 @@ from kldet.evaluation import evaluate_results_file, format_table
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 
+    from kldet.datamodule import KLDetDataModule
+    from kldet.lit import KLDetModule
+
 
 @dataclass
 class EvaluateConfig:
@@ -122,14 +125,15 @@ def postprocess_overrides(cfg: DictConfig, overrides: list[str]) -> dict[str, ob
     return {"postprocess": {key: cfg.model.postprocess[key] for key in (k.split(".")[1] for k in given)}}
 
 
-def evaluate_checkpoint(cfg: DictConfig, overrides: list[str] = ()) -> dict[str, float]:
-    """Runs ``Trainer.validate`` or ``Trainer.test`` of the checkpoint on ``cfg.split`` of ``cfg.data``.
+def checkpoint_and_data(cfg: DictConfig, overrides: list[str] = ()) -> tuple[KLDetModule, KLDetDataModule]:
+    """``(KLDetModule, KLDetDataModule)`` of a :func:`checkpoint_config`: the checkpoint's module (its
+    post-processing changed by the ``model.*`` keys of ``overrides``, :func:`postprocess_overrides`) and the
+    data module with ``cfg.split`` read, normalising as the checkpoint says.
 
-    ``overrides`` are the command line's; its ``model.*`` keys change the checkpoint's post-processing
-    (:func:`postprocess_overrides`). Prints the table and writes the metrics JSON (``cfg.out`` or
-    ``metrics_<split>.json`` beside the checkpoint); returns the metrics without the split prefix.
+    Raises:
+        KLDetConfigError: the split cannot be read, or its classes are not the checkpoint's.
     """
-    from kldet.cli.train import build_datamodule, build_trainer, prefixed, read_data
+    from kldet.cli.train import build_datamodule, read_data
     from kldet.lit import KLDetModule
 
     ckpt = Path(cfg.ckpt)
@@ -145,6 +149,20 @@ def evaluate_checkpoint(cfg: DictConfig, overrides: list[str] = ()) -> dict[str,
             f"checkpoint {ckpt} was trained on classes {module.hparams['classes']}, "
             f"but data={cfg.data.format} has {datamodule.classes}"
         )
+    return module, datamodule
+
+
+def evaluate_checkpoint(cfg: DictConfig, overrides: list[str] = ()) -> dict[str, float]:
+    """Runs ``Trainer.validate`` or ``Trainer.test`` of the checkpoint on ``cfg.split`` of ``cfg.data``.
+
+    ``overrides`` are the command line's; its ``model.*`` keys change the checkpoint's post-processing
+    (:func:`postprocess_overrides`). Prints the table and writes the metrics JSON (``cfg.out`` or
+    ``metrics_<split>.json`` beside the checkpoint); returns the metrics without the split prefix.
+    """
+    from kldet.cli.train import build_trainer, prefixed
+
+    ckpt = Path(cfg.ckpt)
+    module, datamodule = checkpoint_and_data(cfg, overrides)
     trainer = build_trainer(cfg, logger=False, callbacks=[], default_root_dir=ckpt.parent)
     evaluate = trainer.validate if cfg.split == "val" else trainer.test
     logged = evaluate(module, datamodule=datamodule, verbose=False)[0]

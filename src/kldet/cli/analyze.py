@@ -99,7 +99,6 @@ def assign(config: AssignConfig) -> str:
         plot_statistics,
         record_scenes,
     )
-    from kldet.data import read_dataset
 
     if config.max_size is not None and config.max_size < 1:
         raise KLDetConfigError(f"max_size={config.max_size}: must be positive (or null for the native size)")
@@ -107,15 +106,7 @@ def assign(config: AssignConfig) -> str:
     if out is not None:
         check_writable_folder("out", out)
     with torch_threads(config.threads):
-        dataset = read_dataset(
-            config.format.value,
-            config.root,
-            config.split,
-            config.ann,
-            config.images,
-            strict=False,
-            progress=config.progress,
-        )
+        dataset = config.read(progress=config.progress)
         if not dataset.records:
             raise KLDetConfigError(f"{dataset.source}: no usable image (see kldet-data check)")
         scenes = tqdm(

@@ -76,6 +76,13 @@ class DataSetKeys:
     root: str | None = option(None, "data set root (aitod, dior, coco)")
     split: str | None = option(None, "split name under root (aitod, dior, coco)")
 
+    def read(self, **options) -> DetectionSet:
+        """The data set these keys name, read leniently (every problem counted, not raised);
+        ``options``: the other keywords of :func:`kldet.data.read_dataset`."""
+        return read_dataset(
+            self.format.value, self.root, self.split, self.ann, self.images, strict=False, **options
+        )
+
 
 @dataclass
 class CheckConfig(DataSetKeys):
@@ -156,17 +163,7 @@ def _synth(config: SynthConfig, console: Console) -> int:
 
 
 def _check(config: CheckConfig, console: Console) -> int:
-    dataset = read_dataset(
-        config.format.value,
-        config.root,
-        config.split,
-        config.ann,
-        config.images,
-        difficult=config.difficult,
-        strict=False,
-        decode=config.decode,
-        progress=True,
-    )
+    dataset = config.read(difficult=config.difficult, decode=config.decode, progress=True)
     _print_summary(dataset, console)
     return EXIT_ERROR if dataset.problems else EXIT_OK
 

@@ -6,11 +6,13 @@ of its ground truth (-1: background). :class:`kldet.model.KLDet` is handed one (
 ``conf/assigner/``. A new assigner is a class with this call shape and a ``check_levels`` method; its
 config is a ``_target_`` naming it (see ``docs/architecture.md``).
 
-The assigners are frozen dataclasses: immutable settings, so a shared default instance is safe.
+The assigners are frozen dataclasses: immutable settings, so a shared default instance is safe. Their
+defaults are those of the functions they call (the paper's), read from the functions' signatures.
 """
 
 import dataclasses
 import functools
+import inspect
 import math
 from collections.abc import Sequence
 from typing import NamedTuple, Protocol
@@ -49,6 +51,11 @@ def _priors(
     return receptive_field_priors(image_shape, strides, fraction, device)[1]
 
 
+def _default(function, name: str):
+    """The default of keyword ``name`` of ``function``: the one place an assigner setting's default lives."""
+    return inspect.signature(function).parameters[name].default
+
+
 class Assigner(Protocol):
     """What :class:`kldet.model.KLDet` needs of an assigner."""
 
@@ -78,12 +85,12 @@ class AliTSMAssigner:
         ratio: how much a prior is shrunk about its centre for the stage-2 IoU.
     """
 
-    prior_fraction: float = 0.5
-    topk: tuple[int, int] = (3, 1)
-    alpha: float = 1.0
-    beta: float = 7.0
-    alpha_m: float = 0.75
-    ratio: float = 0.9
+    prior_fraction: float = _default(receptive_field_priors, "fraction")
+    topk: tuple[int, int] = _default(alitsm_assign, "topk")
+    alpha: float = _default(alitsm_assign, "alpha")
+    beta: float = _default(alitsm_assign, "beta")
+    alpha_m: float = _default(alitsm_assign, "alpha_m")
+    ratio: float = _default(alitsm_assign, "ratio")
 
     def __post_init__(self) -> None:
         topk = tuple(int(k) for k in self.topk)
@@ -126,8 +133,8 @@ class FCOSAssigner:
             (with P2: objects under 64 px then all go to the first level).
     """
 
-    center_sampling: bool = True
-    center_radius: float = 1.5
+    center_sampling: bool = _default(fcos_assign, "center_sampling")
+    center_radius: float = _default(fcos_assign, "radius")
     regress_ranges: tuple[tuple[float, float], ...] | None = None
 
     def __post_init__(self) -> None:
@@ -167,8 +174,8 @@ class ATSSAssigner:
     ``anchor_scale * stride``; per ground truth the ``topk`` nearest points per level are candidates,
     positive when their IoU reaches the candidates' mean + standard deviation and the point is inside."""
 
-    topk: int = 9
-    anchor_scale: float = 8.0
+    topk: int = _default(atss_assign, "topk")
+    anchor_scale: float = _default(atss_assign, "anchor_scale")
 
     def __post_init__(self) -> None:
         if self.topk < 1 or not (self.anchor_scale > 0 and math.isfinite(self.anchor_scale)):

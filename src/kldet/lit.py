@@ -14,7 +14,6 @@ import os
 import shlex
 import signal
 import threading
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -90,6 +89,8 @@ class KLDetModule(L.LightningModule):
             ``"resize"`` is added from ``max_size`` (:func:`kldet.data.transforms.resize_policy`), so the
             checkpoint states the training scale.
         num_logged_images: validation images drawn with predicted and true boxes for the loggers.
+        detector: the detector ``model`` describes, already built (``from_checkpoint`` passes the loaded
+            one); None builds it from ``model``.
         channels_last: keep the network and every batch in the NHWC memory format (faster convolutions on
             CPUs with oneDNN and on GPU tensor cores; ``benchmarks/bench_model.py --modes`` measures it).
 
@@ -112,6 +113,7 @@ class KLDetModule(L.LightningModule):
         preprocess: Mapping[str, Any] | None = None,
         num_logged_images: int = 4,
         channels_last: bool = False,
+        detector: KLDet | None = None,
     ) -> None:
         super().__init__()
         model = _plain(model)
@@ -143,7 +145,7 @@ class KLDetModule(L.LightningModule):
         # The optimiser and schedule are built now, once, so a bad spec fails before any data is read.
         self._optimizer = instantiate(self.hparams["optimizer"], allowed=None)
         self._scheduler = instantiate(self.hparams["scheduler"], allowed=None)
-        self.model = instantiate(self.hparams["model"])
+        self.model = instantiate(self.hparams["model"]) if detector is None else detector
         if not isinstance(self.model, KLDet):
             raise KLDetConfigError(f"model._target_={model.get('_target_')!r} builds no KLDet")
         # One small zero image (S a multiple of 64, as every level needs) for Lightning's model summary,
@@ -168,19 +170,15 @@ class KLDetModule(L.LightningModule):
         ``load_detector`` (e.g. ``{"postprocess": {"score_thresh": 0.3}}``)."""
         detector, meta = load_detector(path, map_location, overrides=dict(overrides or {}))
         hyper_parameters = meta["hyper_parameters"]
-        with warnings.catch_warnings():
-            # The detector built here is replaced by the loaded one at once.
-            warnings.filterwarnings("ignore", message=".*starts from random weights")
-            module = cls(
-                model=meta["model"],
-                classes=meta["classes"],
-                category_ids=meta["category_ids"],
-                metric=metric or hyper_parameters.get("metric", "aitod"),
-                preprocess=meta["preprocess"] or None,
-                num_logged_images=0,
-            )
-        module.model = detector
-        return module
+        return cls(
+            model=meta["model"],
+            classes=meta["classes"],
+            category_ids=meta["category_ids"],
+            metric=metric or hyper_parameters.get("metric", "aitod"),
+            preprocess=meta["preprocess"] or None,
+            num_logged_images=0,
+            detector=detector,
+        )
 
     @property
     def normalization(self) -> InputNormalization:

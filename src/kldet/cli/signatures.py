@@ -34,7 +34,7 @@ ASSIGNERS = {
     "atss": "kldet.assign.ATSSAssigner",
 }
 #: KLDetModule arguments that are not settings: the data module and the other groups give them.
-MODULE_INPUTS = ("model", "classes", "category_ids", "optimizer", "scheduler", "preprocess")
+MODULE_INPUTS = ("model", "classes", "category_ids", "optimizer", "scheduler", "preprocess", "detector")
 
 
 def config_value(value: Any) -> Any:

@@ -154,11 +154,13 @@ class Predictor:
 
     def preprocess(self, tiles: Sequence[np.ndarray]) -> tuple[Tensor, list[tuple[int, int]]]:
         """RGB uint8 (h_i, w_i, 3) tiles -> a (B, 3, H, W) batch normalised as ``normalization`` says
-        (channels reordered to its ``channel_order``), zero-padded to a multiple of ``size_divisor``, and
-        each tile's (h_i, w_i)."""
+        (channels reordered to its ``channel_order``), zero-padded to a multiple of ``size_divisor``, in
+        the network's memory format, and each tile's (h_i, w_i)."""
         sizes = [(tile.shape[0], tile.shape[1]) for tile in tiles]
         height, width = padded_size(sizes, self.size_divisor)
-        batch = torch.zeros(len(tiles), 3, height, width, device=self.device)
+        batch = torch.zeros(len(tiles), 3, height, width, device=self.device).contiguous(
+            memory_format=self.memory_format
+        )
         for image, tile, (h, w) in zip(batch, tiles, sizes, strict=True):
             # Copy as uint8, normalise on the device: 4x less to transfer than float.
             pixels = torch.from_numpy(np.ascontiguousarray(tile)).to(self.device).permute(2, 0, 1)
@@ -170,7 +172,7 @@ class Predictor:
         batch, sizes = self.preprocess(tiles)
         with torch.no_grad():
             with autocast(self.precision, self.device):
-                maps = self.model(batch.contiguous(memory_format=self.memory_format))
+                maps = self.model(batch)
             return self.model.postprocess(*maps, tuple(batch.shape[-2:]), sizes)
 
     def predict_sources(

@@ -6,6 +6,9 @@ centred on the cell *corners* (x * s, y * s) (centre offset 0, unlike the FCOS p
 Order: level by level; within a level location-major (cells row-major), then the ratios in the order
 given, i.e. the order of an RPN head's (B, A, h, w) maps flattened as (B, h, w, A). An 800 x 800 image has
 (200² + 100² + 50² + 25² + 13²) * 3 = 159,882 anchors.
+
+An anchor assigner takes ``(anchors (N, 4), gt_boxes (G, 4))`` and returns (N,) long: the index of the
+anchor's ground truth, :data:`BACKGROUND` or :data:`IGNORED`.
 """
 
 import dataclasses
@@ -16,6 +19,11 @@ from torch import Tensor
 
 from kldet.assign.priors import THEORETICAL_RECEPTIVE_FIELD, feature_sizes
 from kldet.errors import KLDetConfigError
+
+#: What an anchor assigner gives an anchor that is not a positive (torchvision ``Matcher``'s codes): a
+#: negative (background) sample, or one that is never sampled.
+BACKGROUND = -1
+IGNORED = -2
 
 
 @dataclasses.dataclass(frozen=True)

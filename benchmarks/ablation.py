@@ -15,6 +15,9 @@ generated once (its own seed, ``synthetic.seed``, stays fixed) under ``<out>/dat
     (c) alitsm   + Ali-TSM / KLD assignment on receptive-field priors
     (d) kldet    + TlA (task-level attention) = KLDet
 
+and, to compare number formats, ``kldet_bf16``: (d) trained with ``precision=bf16-mixed`` and
+``module.channels_last=true`` (not in the default ``--configs``).
+
 Each run writes ``<out>/runs/<config>/seed<seed>/`` (``metrics.json`` from kldet-train, its config and
 ``train.log`` with the run's output); a run whose folder holds the metrics of the same overrides is not
 repeated unless ``--force``, so an interrupted ablation resumes where it stopped.
@@ -50,7 +53,21 @@ CONFIGS = {
         "(d) + TlA = KLDet",
         ["assigner=alitsm", "model.fpn_levels=[2,3,4,5,6]", "model.attention=true"],
     ),
+    # Not an ablation step: (d) trained in bf16 autocast with channels-last tensors (issue 15's check
+    # before the demo may default to it).
+    "kldet_bf16": (
+        "(d) KLDet, bf16-mixed + channels-last",
+        [
+            "assigner=alitsm",
+            "model.fpn_levels=[2,3,4,5,6]",
+            "model.attention=true",
+            "precision=bf16-mixed",
+            "module.channels_last=true",
+        ],
+    ),
 }
+#: The ablation's steps (the default ``--configs``).
+STEPS = ("fcos", "fcos_p2", "alitsm", "kldet")
 METRICS = ("AP", "AP50", "AP_vt", "AP_t", "AP_s")
 QUICK = {"seeds": [0], "epochs": 1, "image_size": 256, "num_images": 24}
 
@@ -157,7 +174,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("outputs/ablation"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
+    parser.add_argument(
+        "--configs", nargs="+", choices=list(CONFIGS), default=list(STEPS)
+    )
     parser.add_argument("--epochs", type=int, help="trainer.max_epochs of every run")
     parser.add_argument("--image-size", type=int, help="synthetic image side and data.max_size")
     parser.add_argument("--num-images", type=int, help="synthetic.num_images (train + val)")

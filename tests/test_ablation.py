@@ -39,7 +39,7 @@ def test_configurations_differ_only_in_levels_assigner_and_attention(ablation, t
         "alitsm": ([2, 3, 4, 5, 6], "kldet.assign.AliTSMAssigner", False),
         "kldet": ([2, 3, 4, 5, 6], "kldet.assign.AliTSMAssigner", True),
     }
-    assert list(ablation.CONFIGS) == list(expected)
+    assert list(ablation.STEPS) == list(expected)
     shared = None
     for config, (levels, assigner, attention) in expected.items():
         cfg = composed(ablation.run_overrides(args, config, seed=1, run_dir=tmp_path / config))
@@ -68,6 +68,18 @@ def test_configurations_differ_only_in_levels_assigner_and_attention(ablation, t
         }
         shared = shared or (rest, model)
         assert (rest, model) == shared
+
+
+def test_the_bf16_variant_differs_from_kldet_only_in_number_format_and_memory_layout(ablation, tmp_path):
+    args = argparse.Namespace(out=tmp_path, epochs=None, image_size=None, num_images=None, overrides=[])
+    kldet, bf16 = (
+        composed(ablation.run_overrides(args, config, seed=0, run_dir=tmp_path))
+        for config in ("kldet", "kldet_bf16")
+    )
+    assert (kldet.trainer.precision, kldet.module.channels_last) == ("32-true", False)
+    assert (bf16.trainer.precision, bf16.module.channels_last) == ("bf16-mixed", True)
+    bf16.trainer.precision, bf16.module.channels_last = kldet.trainer.precision, kldet.module.channels_last
+    assert bf16 == kldet
 
 
 def test_mean_and_sample_spread_skip_missing_values(ablation):

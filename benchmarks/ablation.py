@@ -174,9 +174,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("outputs/ablation"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument(
-        "--configs", nargs="+", choices=list(CONFIGS), default=list(STEPS)
-    )
+    parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(STEPS))
     parser.add_argument("--epochs", type=int, help="trainer.max_epochs of every run")
     parser.add_argument("--image-size", type=int, help="synthetic image side and data.max_size")
     parser.add_argument("--num-images", type=int, help="synthetic.num_images (train + val)")

@@ -25,6 +25,7 @@ from kldet.cli.evaluate import main as eval_main
 from kldet.data.synthetic import generate
 from kldet.evaluation.coco import AITOD_PROTOCOL, CocoDetections, coco_evaluation, summarize_evaluation
 from kldet.evaluation.coco_json import read_coco_ground_truth, read_coco_results
+from kldet.inference.render import OUTCOME_COLORS, PALETTE
 
 
 def perturbed_results(annotations: dict, seed: int) -> list[dict]:
@@ -67,6 +68,19 @@ def _result(image_id: int, category_id: int, box, score: float) -> dict:
         "bbox": box.round(2).tolist(),
         "score": round(float(score), 4),
     }
+
+
+def small_png(source: Path, target: Path) -> None:
+    """``source`` as a palette PNG for the docs (well under 200 KB): 200 colours of the image plus the drawing
+    colours exactly (class palette, outcomes, legend), no dithering."""
+    image = Image.open(source).convert("RGB")
+    drawing_colors = [*PALETTE, *OUTCOME_COLORS.values(), (32, 32, 32), (255, 255, 255)]
+    palette = image.quantize(colors=200).getpalette()[: 200 * 3] + [
+        v for color in drawing_colors for v in color
+    ]
+    palette_image = Image.new("P", (1, 1))
+    palette_image.putpalette(palette + [0] * (768 - len(palette)))
+    image.quantize(palette=palette_image, dither=Image.Dither.NONE).save(target, optimize=True)
 
 
 def large_case(num_images: int, seed: int) -> tuple[dict, CocoDetections]:
@@ -184,8 +198,7 @@ def main() -> None:
             "data_show_crops.png": shown / f"{image_id}_crops.png",
         }
         for name, source in pictures.items():
-            # 128 colours: the drawings have few, and the docs pictures stay well under 200 KB.
-            Image.open(source).convert("RGB").quantize(colors=128).save(docs / name, optimize=True)
+            small_png(source, docs / name)
             print(f"{docs / name}: {(docs / name).stat().st_size / 1024:.0f} KB")
 
     ground_truth, detections = read_coco_ground_truth(ann), read_coco_results(results)

@@ -167,7 +167,7 @@ def test_show_with_results_draws_true_positives_false_positives_and_misses(tiny_
         f"results={results}",
         "scale=4",
     ]
-    assert data_main(args) == 0
+    assert loaded_by_cli("kldet.cli.data", args) == (0, set())  # drawn without torch, Lightning or Hydra
     drawing = read_rgb(out / "7.png")
     assert drawing.shape[1] == 2 * WIDTH * 4 + 4  # ground truth | gap | outcomes
     right = WIDTH * 4 + 4

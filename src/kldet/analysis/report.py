@@ -107,6 +107,17 @@ def write_analysis(
     return written, breakdowns
 
 
+# TIDE's short names of the error types, for the printed table.
+SHORT_NAMES = {
+    "classification": "Cls",
+    "localisation": "Loc",
+    "both": "Both",
+    "duplicate": "Dupe",
+    "background": "Bkg",
+    "missed": "Miss",
+}
+
+
 def errors_json(breakdowns: list[ErrorBreakdown]) -> dict:
     """The breakdowns as JSON: the thresholds and, per area range, AP50, dAP and counts per error type."""
     return {
@@ -124,18 +135,19 @@ def errors_json(breakdowns: list[ErrorBreakdown]) -> dict:
 
 
 def format_errors(breakdowns: list[ErrorBreakdown]) -> str:
-    """A plain-text table: one row per area range, AP50 and the dAP of each error type, in points."""
-    header = f"{'area':<6}{'AP50':>7}" + "".join(f"{e[:8]:>10}" for e in ERROR_TYPES)
+    """A plain-text table: one row per area range, AP50 and the dAP of each error type (TIDE's short names), in
+    points."""
+    header = f"{'area':<6}{'AP50':>7}" + "".join(f"{SHORT_NAMES[e]:>7}" for e in ERROR_TYPES)
     lines = [
         f"TIDE error breakdown (dAP50 if fixed, points; IoU fg {FOREGROUND_IOU}, bg {BACKGROUND_IOU})",
         header,
     ]
     for b in breakdowns:
         if b.ap < 0:
-            lines.append(f"{b.area:<6}{'-':>7}" + "".join(f"{'-':>10}" for _ in ERROR_TYPES))
+            lines.append(f"{b.area:<6}{'-':>7}" + "".join(f"{'-':>7}" for _ in ERROR_TYPES))
             continue
         lines.append(
-            f"{b.area:<6}{100 * b.ap:7.1f}" + "".join(f"{100 * b.delta_ap[e]:10.1f}" for e in ERROR_TYPES)
+            f"{b.area:<6}{100 * b.ap:7.1f}" + "".join(f"{100 * b.delta_ap[e]:7.1f}" for e in ERROR_TYPES)
         )
     return "\n".join(lines)
 
@@ -173,14 +185,10 @@ def plot_confusion_matrix(
     """Counts (left) and row-normalised shares (right) as heat maps with the numbers written in."""
     size = 1.2 + 0.45 * len(rows)
     figure = Figure(figsize=(2 * size + 1, size), layout="constrained")
+    shares = row_normalised(counts)
     for axis, values, title, fmt in zip(
-        figure.subplots(1, 2),
-        (counts, row_normalised(counts)),
-        ("counts", "row-normalised"),
-        ("{:d}", "{:.2f}"),
-        strict=True,
+        figure.subplots(1, 2), (counts, shares), ("counts", "row-normalised"), ("{:d}", "{:.2f}"), strict=True
     ):
-        shares = row_normalised(counts)
         axis.imshow(shares, cmap="Blues", vmin=0, vmax=1)
         for (i, j), value in np.ndenumerate(values):
             if counts[i, j]:

@@ -55,6 +55,11 @@ class EvaluateConfig:
         difficult: how the VOC ground truth counts difficult objects (metric voc): "object" (the KLDet
             authors' reading of DIOR) or "ignore" (the VOC devkit's), as ``data.difficult`` in training.
         out: where to write the metrics JSON; nothing is written without it.
+        plots: folder for the error analysis (:func:`kldet.analysis.report.write_analysis`; metric aitod or coco).
+        images: the image folder of ``ann`` (``file_name`` relative to it), for the drawn examples.
+        score_thresh: the detections the confusion matrix and the examples count.
+        examples: how many images to draw (those with the most false positives and misses).
+        scale: the examples' upscale factor; 0 picks one.
     """
 
     results: str | None = None

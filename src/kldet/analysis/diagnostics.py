@@ -230,8 +230,9 @@ def _range_breakdown(evaluation: CocoEvaluation, a: int, key: str) -> ErrorBreak
     claimed[target[claimer]] = True
     missed = counted & ~used & ~claimed
 
+    # One variant per error type (index into ERROR_TYPES): that type fixed, the rest as they are.
     variants = []
-    for type_index, _ in enumerate(ERROR_TYPES[:-1]):
+    for type_index in range(len(ERROR_TYPES) - 1):  # the detection errors; "missed" (the last) below
         keep = kind != type_index
         fixed = detections
         if type_index in (0, 1):

@@ -11,7 +11,7 @@ ARGS ?=
 CKPT ?=
 
 .PHONY: install test lint bench bench-assign bench-model bench-data bench-eval bench-startup bench-predict bench-gpu \
-	demo synth train eval sweep tensorboard ablation assignment-stats authors-assignment clean
+	demo synth train eval sweep tensorboard ablation assignment-stats authors-assignment diagnostics clean
 
 install: $(STAMP)
 
@@ -58,6 +58,10 @@ ablation: install
 
 assignment-stats: install
 	$(BIN)/python benchmarks/assignment_stats.py
+
+# kldet-eval plots= and kldet-data show on the synthetic set (no training): docs/evaluation.md#error-analysis.
+diagnostics: install
+	$(BIN)/python benchmarks/diagnostics.py $(ARGS)
 
 # kldet's Ali-TSM against the authors' loops (ties, conflicts, in-place shrink): docs/reproduction.md.
 authors-assignment: install

@@ -85,25 +85,25 @@ def test_image_ids_from_coco_and_a_bad_file(tmp_path):
         image_ids_from_coco(bad)
 
 
-def test_render_draws_thin_outlines_in_the_class_colour():
+def test_render_draws_thin_outlines_in_the_class_colour_just_outside_the_box():
     image = np.zeros((40, 50, 3), np.uint8)
     drawn = draw_detections(image, detections([[10, 12, 20, 30]], [0.9], [1]), CLASSES, show_labels=False)
-    outline = np.zeros((40, 50), bool)
-    outline[12:31, [10, 20]] = True
-    outline[[12, 30], 10:21] = True
+    outline = np.zeros((40, 50), bool)  # the box covers pixels 10..19 x 12..29; its outline is around them
+    outline[11:31, [9, 20]] = True
+    outline[[11, 30], 9:21] = True
     assert (drawn[outline] == PALETTE[1]).all()
     assert (drawn[~outline] == 0).all()
     assert (image == 0).all()  # the input is not drawn on
 
 
 def test_render_labels_and_empty_detections():
-    image = np.full((60, 80, 3), 255, np.uint8)
+    image = np.full((70, 80, 3), 255, np.uint8)  # room for a label below the box, none above
     labelled = draw_detections(image, detections([[5, 5, 70, 50]], [0.5], [0]), CLASSES)
     plain = draw_detections(image, detections([[5, 5, 70, 50]], [0.5], [0]), CLASSES, show_labels=False)
     assert (labelled != plain).any()  # the label text and its background were drawn
     assert np.array_equal(labelled[6:50, 6:70], image[6:50, 6:70])  # ... outside the box, not over the object
     low = draw_detections(image, detections([[5, 3, 20, 9]], [0.5], [0]), CLASSES)
-    assert (low[10:22] != 255).any() and (low[:3] == 255).all()  # no room above: the label goes below
+    assert (low[10:22] != 255).any() and (low[:2] == 255).all()  # no room above: the label goes below
     assert np.array_equal(draw_detections(image, detections([], [], []), CLASSES), image)
 
 

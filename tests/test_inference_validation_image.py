@@ -32,9 +32,10 @@ def test_panels_are_unpadded_unnormalised_and_boxes_follow_the_resize():
     assert drawing.shape == (3, 32, 96) and drawing.dtype == torch.uint8
     truth, detected = drawing[:, :, :48], drawing[:, :, 48:]
     assert truth[:, 15, 30].tolist() == [100, 100, 100]  # un-normalised background
-    assert truth[:, 15, 10].tolist() == list(PALETTE[2])  # left edge of the true box
+    assert truth[:, 15, 9].tolist() == list(PALETTE[2])  # outline left of the true box (10, 10, 20, 20)
+    assert truth[:, 15, 10].tolist() == [100, 100, 100]  # ... not over the object's own pixels
     assert detected[:, 15, 10].tolist() == [100, 100, 100]  # no detection there
-    assert detected[:, 5, 30].tolist() == list(PALETTE[5])  # left edge of the detection (30, 0, 40, 10)
+    assert detected[:, 5, 29].tolist() == list(PALETTE[5])  # outline left of the detection (30, 0, 40, 10)
     assert detected[:, 2, 2].tolist() == [100, 100, 100]  # the low-score box is not drawn
 
 

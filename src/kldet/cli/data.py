@@ -9,6 +9,10 @@ kldet-data check format=coco ann=FILE images=DIR       (or format=coco root=DIR 
 kldet-data convert from=dota|yolo|visdrone|xview labels=PATH images=DIR out=FILE.json
     [names=FILE (yolo)] [version=1.0|1.5|2.0 (dota)] [difficult=ignore|object (dota)] [lenient=true]
     writes COCO JSON that data=coco and `check format=coco` read (from= is another name for source=)
+kldet-data show format=aitod|dior|coco ann=FILE images=DIR out=DIR [ids=[1,2]] [classes=[ship]]
+    [results=RES.json] [scale=0] [crops=0] [labels=false]
+    PNGs of the ground truth in class colours with a legend; with results=, the detections beside it:
+    true positives, false positives and misses at IoU 0.5 (the colours kldet-eval plots= draws)
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
+from pathlib import Path
 
+import numpy as np
 from omegaconf import MISSING
 from rich.console import Console
 from rich.table import Table
@@ -30,7 +36,7 @@ from kldet.data import read_dataset
 from kldet.data.convert import Conversion, convert, write_json_atomic
 from kldet.data.records import PROBLEM_KINDS, DetectionSet
 from kldet.data.stats import SIZE_BIN_EDGES, SIZE_BINS, summarize
-from kldet.errors import KLDetError
+from kldet.errors import KLDetConfigError, KLDetError
 
 USAGE = (__doc__ or "").split("\n\n", 1)[1]
 
@@ -112,7 +118,27 @@ class ConvertConfig:
     lenient: bool = option(False, "skip and count bad lines and images instead of stopping at the first")
 
 
-_COMMANDS = {"synth": SynthConfig, "check": CheckConfig, "convert": ConvertConfig}
+@dataclass
+class ShowConfig(DataSetKeys):
+    """``kldet-data show``: draw images with their ground truth (and detections) to PNGs."""
+
+    out: str = option(MISSING, "folder for the PNGs (<image id>.png, <image id>_crops.png)")
+    ids: list[int] | None = option(None, "image ids to draw, e.g. [3,17] (default: the first `count`)")
+    count: int = option(8, "images drawn when ids= is not given")
+    classes: list[str] | None = option(None, "draw only these classes, e.g. [ship,vehicle]")
+    results: str | None = option(None, "COCO results JSON: detections beside the ground truth, by outcome")
+    score_thresh: float = option(0.3, "results: the detections drawn")
+    scale: int = option(
+        0, "integer upscale factor (nearest neighbour); 0: the longer side to >= 768 px, at most 8"
+    )
+    crops: int = option(0, "also write zoomed views of this many objects per image, smallest first")
+    labels: bool = option(False, "class names by the ground-truth boxes where there is room")
+    difficult: str = option(
+        "object", "dior: VOC difficult objects count as objects (object) or are ignored (ignore)"
+    )
+
+
+_COMMANDS = {"synth": SynthConfig, "check": CheckConfig, "convert": ConvertConfig, "show": ShowConfig}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -125,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     if not argv or argv[0] not in _COMMANDS:
         got = f"unknown command {argv[0]!r}" if argv else "no command"
-        return report_error("kldet-data", f"{got}: use synth, check or convert (see kldet-data --help)")
+        return report_error("kldet-data", f"{got}: use synth, check, convert or show (see kldet-data --help)")
     command, overrides = argv[0], argv[1:]
     if command == "convert":  # `from` is a Python keyword, so the field is `source`
         overrides = ["source=" + a[len("from=") :] if a.startswith("from=") else a for a in overrides]
@@ -134,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = parse_dotlist(schema, overrides, f"kldet-data {command}", schema.__doc__)
         if config is None:
             return EXIT_OK
-        run = {"synth": _synth, "check": _check, "convert": _convert}[command]
+        run = {"synth": _synth, "check": _check, "convert": _convert, "show": _show}[command]
         return run(config, console)
     except KLDetError as error:
         return report_error(f"kldet-data {command}", error)
@@ -186,6 +212,91 @@ def _convert(config: ConvertConfig, console: Console) -> int:
         console.print(f"  ... and {len(conversion.problems) - 5} more")
     console.print(f"check it with: kldet-data check format=coco ann={config.out} images={config.images}")
     return EXIT_OK
+
+
+def _show(config: ShowConfig, console: Console) -> int:
+    from kldet.cli.dotlist import check_writable_folder
+    from kldet.data.images import load_image
+    from kldet.inference.render import (
+        auto_scale,
+        class_colors,
+        draw_example,
+        object_crops,
+        save_image,
+    )
+
+    if config.scale < 0 or config.crops < 0 or config.count < 1:
+        raise KLDetConfigError("scale= and crops= must be >= 0, count= >= 1")
+    out = Path(config.out)
+    check_writable_folder("out", out)
+    dataset = read_dataset(
+        config.format.value, config.root, config.split, config.ann, config.images, difficult=config.difficult
+    )
+    by_id = {record.image_id: record for record in dataset.records}
+    ids = list(by_id)[: config.count] if config.ids is None else list(config.ids)
+    unknown = [i for i in ids if i not in by_id]
+    if unknown:
+        raise KLDetConfigError(f"ids: image id(s) {unknown[:10]} not in {dataset.source}")
+    classes = list(dataset.classes)
+    shown_labels = None
+    if config.classes is not None:
+        missing = sorted(set(config.classes) - set(classes))
+        if missing:
+            raise KLDetConfigError(f"classes: {missing} not among the data set's classes {classes}")
+        shown_labels = np.array([classes.index(name) for name in config.classes], dtype=np.int64)
+    outcomes = None if config.results is None else _results_outcomes(config, dataset)
+    for image_id in ids:
+        record = by_id[image_id]
+        image = load_image(record.image_path)
+        scale = config.scale or auto_scale(*image.shape[:2])
+        keep = ~record.gt_ignore
+        if shown_labels is not None:
+            keep &= np.isin(record.gt_labels, shown_labels)
+        boxes, labels = record.gt_boxes[keep], record.gt_labels[keep]
+        if outcomes is None:
+            drawing = draw_example(image, boxes, labels, classes, scale=scale, show_labels=config.labels)
+        else:
+            from kldet.analysis.report import draw_image_outcomes
+
+            objects, detections, matched, category_ids = outcomes
+            drawing = draw_image_outcomes(
+                image,
+                objects,
+                detections,
+                matched,
+                image_id,
+                category_ids,
+                classes,
+                scale=scale,
+                shown_categories=None if shown_labels is None else category_ids[shown_labels],
+                show_labels=config.labels,
+            )
+        save_image(out / f"{image_id}.png", drawing)
+        if config.crops:
+            smallest = np.argsort((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), kind="stable")
+            crops = object_crops(image, boxes[smallest], class_colors(labels[smallest]), count=config.crops)
+            if crops is not None:
+                save_image(out / f"{image_id}_crops.png", crops)
+    console.print(f"drew {len(ids)} image(s) to {out}")
+    return EXIT_OK
+
+
+def _results_outcomes(config: ShowConfig, dataset: DetectionSet):
+    """(objects, detections, :class:`~kldet.analysis.diagnostics.Outcomes`, category ids) of ``config.results``
+    against the data set, at IoU 0.5 and ``config.score_thresh``."""
+    from kldet.analysis.diagnostics import match_outcomes
+    from kldet.evaluation.coco import AITOD_PROTOCOL, check_detection_ids, detection_arrays, object_arrays
+    from kldet.evaluation.coco_json import dataset_ground_truth, read_coco_results
+
+    ground_truth = dataset_ground_truth(dataset)
+    category_ids = np.asarray(dataset.category_ids, dtype=np.int64)
+    image_ids = [record.image_id for record in dataset.records]
+    found = read_coco_results(config.results)
+    check_detection_ids(found, image_ids, category_ids, f"results file {config.results}")
+    objects = object_arrays(ground_truth["annotations"], image_ids, category_ids)
+    detections = detection_arrays(found)
+    matched = match_outcomes(objects, detections, AITOD_PROTOCOL.max_dets[-1], config.score_thresh)
+    return objects, detections, matched, category_ids
 
 
 def _conversion_report(conversion: Conversion, out: str) -> str:

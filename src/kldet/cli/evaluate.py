@@ -5,13 +5,18 @@ and writes the metrics JSON.
     kldet-eval ckpt=best.ckpt data=dior data.root=/data/DIOR split=val trainer=gpu out=metrics.json
     kldet-eval results=RES.json ann=ANN.json metric=aitod out=metrics.json
     kldet-eval results=RES.json metric=voc root=DIOR split=test
+    kldet-eval results=RES.json ann=ANN.json plots=analysis/ images=IMAGES/   # + error analysis
 
 checkpoint mode (ckpt=...): Hydra overrides of conf/eval.yaml: data (aitod | dior | coco | synthetic) and
 data.* keys as for kldet-train, split (val | test), trainer / precision, out (default: metrics_SPLIT.json
 next to the checkpoint). Only the evaluated split has to exist.
 results mode keys: results (COCO results JSON), ann (COCO annotation JSON; metric aitod or coco),
 metric (aitod | coco | voc), root and split (DIOR / Pascal VOC data set; metric voc),
-difficult (object | ignore: VOC difficult objects, as data.difficult; metric voc), out (metrics JSON to write).
+difficult (object | ignore: VOC difficult objects, as data.difficult; metric voc), out (metrics JSON to write),
+plots (folder for the error analysis, metric aitod or coco: PR curves per class and size bin, confusion matrix,
+TIDE error breakdown, and with images= drawn examples), score_thresh (confusion matrix and examples, 0.3),
+examples (images drawn, 4), scale (their upscale factor, 0: automatic). A checkpoint's analysis: write its
+results with kldet-predict (coco_gt=), then kldet-eval results= plots=.
 """
 
 from __future__ import annotations
@@ -50,6 +55,11 @@ class EvaluateConfig:
         difficult: how the VOC ground truth counts difficult objects (metric voc): "object" (the KLDet
             authors' reading of DIOR) or "ignore" (the VOC devkit's), as ``data.difficult`` in training.
         out: where to write the metrics JSON; nothing is written without it.
+        plots: folder for the error analysis (:func:`kldet.analysis.report.write_analysis`; metric aitod or coco).
+        images: the image folder of ``ann`` (``file_name`` relative to it), for the drawn examples.
+        score_thresh: the detections the confusion matrix and the examples count.
+        examples: how many images to draw (those with the most false positives and misses).
+        scale: the examples' upscale factor; 0 picks one.
     """
 
     results: str | None = None
@@ -59,26 +69,72 @@ class EvaluateConfig:
     split: str | None = None
     difficult: str = "object"
     out: str | None = None
+    plots: str | None = None
+    images: str | None = None
+    score_thresh: float = 0.3
+    examples: int = 4
+    scale: int = 0
 
 
 def run(config: EvaluateConfig) -> dict[str, float]:
-    """Evaluates, prints the table, writes ``config.out``; returns the metrics."""
+    """Evaluates, prints the table, writes ``config.out`` and (``config.plots``) the error analysis; returns
+    the metrics."""
     if config.results is None:
         raise KLDetConfigError("results= (a COCO results JSON) is required")
-    metrics, class_names = evaluate_results_file(
-        config.results,
-        ann=config.ann,
-        metric=config.metric,
-        root=config.root,
-        split=config.split,
-        difficult=config.difficult,
-    )
-    print(format_table(metrics, config.metric, class_names))
+    if config.plots is None:
+        for key in ("images", "score_thresh", "examples", "scale"):
+            if getattr(config, key) != getattr(EvaluateConfig, key):
+                raise KLDetConfigError(f"{key}= belongs to the error analysis: give plots=DIR too")
+        metrics, class_names = evaluate_results_file(
+            config.results,
+            ann=config.ann,
+            metric=config.metric,
+            root=config.root,
+            split=config.split,
+            difficult=config.difficult,
+        )
+        print(format_table(metrics, config.metric, class_names))
+    else:
+        metrics = analyse(config)
     if config.out is not None:
         out = Path(config.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(metrics, indent=2) + "\n")
         print(f"\nmetrics written to {out}")
+    return metrics
+
+
+def analyse(config: EvaluateConfig) -> dict[str, float]:
+    """``plots=``: evaluates once, prints the table and the TIDE breakdown, writes the analysis files."""
+    from kldet.analysis.report import format_errors, write_analysis
+    from kldet.cli.dotlist import check_writable_folder
+    from kldet.evaluation.coco import summarize_evaluation
+    from kldet.evaluation.evaluate import results_file_evaluation
+
+    if config.examples < 0 or config.scale < 0:
+        raise KLDetConfigError("examples= and scale= must be >= 0")
+    plots = Path(config.plots)
+    check_writable_folder("plots", plots)
+    evaluation = results_file_evaluation(config.results, config.ann, config.metric)
+    metrics = summarize_evaluation(evaluation)
+    print(format_table(metrics, config.metric, evaluation.class_names))
+    image_paths = None
+    if config.images is not None:
+        from kldet.data import read_dataset
+
+        records = read_dataset("coco", ann=config.ann, images=config.images).records
+        image_paths = {r.image_id: Path(r.image_path) for r in records}
+    written, breakdowns = write_analysis(
+        plots,
+        evaluation,
+        score_thresh=config.score_thresh,
+        image_paths=image_paths,
+        examples=config.examples,
+        scale=config.scale,
+    )
+    print("\n" + format_errors(breakdowns))
+    note = "" if image_paths is not None else " (add images=DIR for drawn examples)"
+    print(f"\nerror analysis: {len(written)} files written to {plots}{note}")
     return metrics
 
 

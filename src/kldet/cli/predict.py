@@ -32,7 +32,7 @@ from kldet.inference.export import smallest_input_size
 from kldet.inference.geo import detections_to_geojson
 from kldet.inference.precision import resolve_precision
 from kldet.inference.predictor import RESIZE_MODES, Predictor
-from kldet.inference.render import draw_detections, save_image
+from kldet.inference.render import auto_scale, draw_detections, save_image
 from kldet.inference.results import detections_to_coco, image_ids_from_coco, write_results
 from kldet.inference.sources import find_images, open_image
 from kldet.inference.tiling import overlap_pixels
@@ -71,8 +71,11 @@ class PredictConfig:
     )
     coco_gt: str | None = option(None, "COCO annotation file whose image ids the results should use")
     render: bool = option(True, "write images with boxes to out/rendered")
-    render_labels: bool = option(True, "write class and score by each box")
-    box_width: int = option(1, "rendered box outline in pixels")
+    render_labels: bool = option(True, "write class and score by each box where it covers no other box")
+    render_scale: int = option(
+        0, "rendered images enlarged by this integer factor (nearest neighbour); 0: small images to >= 768 px"
+    )
+    box_width: int = option(1, "rendered box outline in pixels, outside the box")
     geojson: bool = option(True, "write GeoJSON for georeferenced GeoTIFFs")
     progress: bool = option(True, "show a progress bar")
 
@@ -97,6 +100,8 @@ def _check(config: PredictConfig) -> None:
         raise KLDetConfigError(
             f"batch_size={config.batch_size} box_width={config.box_width}: must be positive"
         )
+    if config.render_scale < 0:
+        raise KLDetConfigError(f"render_scale={config.render_scale}: must be >= 0 (0: automatic)")
     for key in ("score_thresh", "nms_thresh"):
         value = getattr(config, key)
         if value is not None and not 0.0 <= value <= 1.0:
@@ -209,6 +214,8 @@ def predict(config: PredictConfig) -> PredictSummary:
                     predictor.classes,
                     box_width=config.box_width,
                     show_labels=config.render_labels,
+                    scale=config.render_scale or auto_scale(source.height, source.width),
+                    legend=True,
                 )
                 source.close()
                 save_image(output / "rendered" / file_name, drawn)

@@ -177,6 +177,51 @@ def _mean_valid(values: np.ndarray) -> float:
     return float(valid.mean()) if valid.size else -1.0
 
 
+class CocoEvaluation(NamedTuple):
+    """Everything a COCO-style evaluation computed, for the summary and for the error analysis
+    (:mod:`kldet.analysis.diagnostics`) that reads the same matching.
+
+    Attributes:
+        objects, detections: :class:`~kldet.evaluation.cocoeval.CocoArrays` (G objects, D detections).
+        category_ids: (K,) int64 in id order; class_names: their K names.
+        protocol: the ranges and caps; area_ranges: (A, 2) its ``[low, high]``.
+        matching: :func:`~kldet.evaluation.cocoeval.match` at :data:`IOU_THRESHOLDS`, every range and the last cap.
+        precision: (T, R, K, A, M) and recall: (T, K, A, M), as :func:`~kldet.evaluation.cocoeval.accumulate`.
+    """
+
+    objects: CocoArrays
+    detections: CocoArrays
+    category_ids: np.ndarray
+    class_names: list[str]
+    protocol: CocoProtocol
+    area_ranges: np.ndarray
+    matching: Matching
+    precision: np.ndarray
+    recall: np.ndarray
+
+
+def coco_evaluation(
+    ground_truth: dict, detections: CocoDetections, protocol: CocoProtocol, source: str = "detections"
+) -> CocoEvaluation:
+    """The matching and accumulation of :func:`evaluate_coco` (same arguments), before the summary."""
+    image_ids = [img["id"] for img in ground_truth["images"]]
+    categories = sorted(ground_truth["categories"], key=lambda c: c["id"])
+    category_ids = np.array([c["id"] for c in categories], dtype=np.int64)
+    check_detection_ids(detections, image_ids, category_ids, source)
+    objects = object_arrays(ground_truth["annotations"], image_ids, category_ids)
+    found = detection_arrays(detections)
+    area_ranges = np.array([[low, high] for _, _, low, high in protocol.area_ranges], dtype=np.float64)
+    iou50 = int(np.flatnonzero(np.isclose(IOU_THRESHOLDS, 0.5))[0])
+    matching = match(objects, found, IOU_THRESHOLDS, area_ranges, protocol.max_dets[-1], lrp_threshold=iou50)
+    precision, recall = accumulate(
+        objects, found, matching, category_ids, area_ranges, list(protocol.max_dets)
+    )
+    names = [c["name"] for c in categories]
+    return CocoEvaluation(
+        objects, found, category_ids, names, protocol, area_ranges, matching, precision, recall
+    )
+
+
 def evaluate_coco(
     ground_truth: dict, detections: CocoDetections, protocol: CocoProtocol, source: str = "detections"
 ) -> dict[str, float]:
@@ -194,13 +239,24 @@ def evaluate_coco(
     Returns:
         :func:`summarize`'s dict; per-class keys use the category names in id order.
     """
-    image_ids = [img["id"] for img in ground_truth["images"]]
-    categories = sorted(ground_truth["categories"], key=lambda c: c["id"])
-    category_ids = np.array([c["id"] for c in categories], dtype=np.int64)
-    check_detection_ids(detections, image_ids, category_ids, source)
-    objects = object_arrays(ground_truth["annotations"], image_ids, category_ids)
+    return summarize_evaluation(coco_evaluation(ground_truth, detections, protocol, source))
+
+
+def summarize_evaluation(evaluation: CocoEvaluation) -> dict[str, float]:
+    """:func:`summarize` of a :func:`coco_evaluation`, with the oLRP where its protocol reports it."""
+    e = evaluation
+    lrp = (
+        class_lrp(e.objects, e.detections, e.matching, e.category_ids, e.protocol)
+        if e.protocol.olrp
+        else None
+    )
+    return summarize(e.precision, e.recall, e.protocol, e.class_names, lrp)
+
+
+def detection_arrays(detections: CocoDetections) -> CocoArrays:
+    """``detections`` as :class:`~kldet.evaluation.cocoeval.CocoArrays` (area w * h, never crowd)."""
     boxes = np.asarray(detections.boxes, dtype=np.float64).reshape(-1, 4)
-    found = CocoArrays(
+    return CocoArrays(
         image_ids=np.asarray(detections.image_ids, dtype=np.int64),
         category_ids=np.asarray(detections.category_ids, dtype=np.int64),
         boxes=boxes,
@@ -208,14 +264,6 @@ def evaluate_coco(
         scores=np.asarray(detections.scores, dtype=np.float64),
         crowd=np.zeros(len(boxes), dtype=bool),
     )
-    area_ranges = np.array([[low, high] for _, _, low, high in protocol.area_ranges], dtype=np.float64)
-    iou50 = int(np.flatnonzero(np.isclose(IOU_THRESHOLDS, 0.5))[0])
-    matching = match(objects, found, IOU_THRESHOLDS, area_ranges, protocol.max_dets[-1], lrp_threshold=iou50)
-    precision, recall = accumulate(
-        objects, found, matching, category_ids, area_ranges, list(protocol.max_dets)
-    )
-    lrp = class_lrp(objects, found, matching, category_ids, protocol) if protocol.olrp else None
-    return summarize(precision, recall, protocol, [c["name"] for c in categories], lrp)
 
 
 def object_arrays(annotations: list[dict], image_ids, category_ids) -> CocoArrays:

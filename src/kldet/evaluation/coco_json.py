@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from kldet.data.coco import read_coco
-from kldet.data.records import is_int, is_number, read_json
+from kldet.data.records import DetectionSet, is_int, is_number, read_json
 from kldet.errors import KLDetDataError
 from kldet.evaluation.coco import CocoDetections, ground_truth_dataset
 
@@ -54,7 +54,12 @@ def read_coco_ground_truth(path: str | Path) -> dict:
         ``area`` (the file's, else w * h) and ``iscrowd`` (the file's, else 0), renumbered from 1 (both COCO
         libraries take id 0 for "unmatched"; a file with an annotation id 0 gets a warning).
     """
-    dataset = read_coco(path, None)
+    return dataset_ground_truth(read_coco(path, None))
+
+
+def dataset_ground_truth(dataset: DetectionSet) -> dict:
+    """:func:`kldet.evaluation.coco.ground_truth_dataset` of a data set's records (any reader): their boxes,
+    areas and ignored boxes (as ``iscrowd``), annotations in record order."""
     records = dataset.records
     category_ids = np.asarray(dataset.category_ids, np.int64)
     labels = np.concatenate([np.zeros(0, np.int64), *(r.gt_labels for r in records)])

@@ -96,11 +96,11 @@ def box_iou_coco(detections: np.ndarray, objects: np.ndarray, crowd: np.ndarray)
         return np.where(overlap, intersection / union, 0.0)
 
 
-def _candidate_pairs(
+def candidate_pairs(
     objects: CocoArrays, detections: CocoArrays, kept: np.ndarray, lowest_threshold: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(detection, object, IoU) of every pair of a kept detection and an object of its image and class with
-    IoU >= ``lowest_threshold``."""
+    """(P,) detection index, (P,) object index and (P,) IoU of every pair of a ``kept`` ((D,) bool) detection
+    and an object of its image and class with IoU >= ``lowest_threshold``, in blocks of bounded memory."""
     object_keys = _group_keys(objects, detections)
     object_order = np.argsort(object_keys, kind="stable")
     sorted_keys = object_keys[object_order]
@@ -168,7 +168,7 @@ def match(
     thresholds = np.minimum(np.asarray(iou_thresholds, dtype=np.float64), 1 - 1e-10)  # as the libraries
     num_areas, num_thresholds, num_detections = len(area_ranges), len(thresholds), len(detections.scores)
     rank = rank_within_groups(detections.image_ids, detections.category_ids, detections.scores)
-    pair_detection, pair_object, pair_iou = _candidate_pairs(
+    pair_detection, pair_object, pair_iou = candidate_pairs(
         objects, detections, rank < max_det, float(thresholds.min())
     )
     # Pairs by detection rank, then detection, then preference: IoU descending, ties to the later object.

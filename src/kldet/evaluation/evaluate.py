@@ -8,7 +8,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from kldet.errors import KLDetConfigError, KLDetDataError
-from kldet.evaluation.coco import PROTOCOLS, CocoDetections, check_detection_ids, coco_inputs, evaluate_coco
+from kldet.evaluation.coco import (
+    PROTOCOLS,
+    CocoDetections,
+    CocoEvaluation,
+    check_detection_ids,
+    coco_evaluation,
+    coco_inputs,
+    evaluate_coco,
+    summarize_evaluation,
+)
 from kldet.evaluation.coco_json import read_coco_ground_truth, read_coco_results
 
 # The VOC metric (torch, torchvision) is imported where it is used: scoring a COCO results file
@@ -63,13 +72,24 @@ def evaluate_results_file(
         detections = read_coco_results(results)
         data, class_names = _voc_inputs(detections, root, split, difficult, f"results file {results}")
         return evaluate_voc(data, class_names), class_names
+    evaluation = results_file_evaluation(results, ann, metric)
+    return summarize_evaluation(evaluation), evaluation.class_names
+
+
+def results_file_evaluation(
+    results: str | Path, ann: str | Path | None, metric: str = "aitod"
+) -> CocoEvaluation:
+    """The matching and accumulation (:func:`~kldet.evaluation.coco.coco_evaluation`) of a COCO results file
+    against a COCO annotation file, for ``metric`` "aitod" or "coco": what :func:`evaluate_results_file`
+    summarises and the error analysis (:mod:`kldet.analysis.report`) reads."""
+    _check_kind(metric)
+    if metric == "voc":
+        raise KLDetConfigError("the COCO matching needs metric=aitod or metric=coco, not voc")
     if ann is None:
         raise KLDetConfigError(f"metric={metric} needs ann= (a COCO annotation file)")
     ground_truth = read_coco_ground_truth(ann)
     detections = read_coco_results(results)
-    metrics = evaluate_coco(ground_truth, detections, PROTOCOLS[metric], f"results file {results}")
-    class_names = [c["name"] for c in sorted(ground_truth["categories"], key=lambda c: c["id"])]
-    return metrics, class_names
+    return coco_evaluation(ground_truth, detections, PROTOCOLS[metric], f"results file {results}")
 
 
 def _voc_inputs(

@@ -1,31 +1,29 @@
 """Inference for users: sliced prediction on images of any size, result files, rendering and export.
 
-GeoTIFF support (:mod:`kldet.inference.geo`) needs the optional rasterio and is imported on demand.
+Names are imported from their module when first read (:mod:`kldet.lazy`): ``kldet.inference.render``
+draws without importing torch. GeoTIFF support (:mod:`kldet.inference.geo`) needs the optional rasterio and
+is imported on demand.
 """
 
-from kldet.inference.export import export_model, split_outputs
-from kldet.inference.predictor import Predictor
-from kldet.inference.render import draw_detections
-from kldet.inference.results import detections_to_coco, write_results
-from kldet.inference.sliced import merge_tiles, owned_detections, sliced_predict
-from kldet.inference.sources import ArraySource, ImageFile, find_images, open_image
-from kldet.inference.tiling import Tile, make_tiles, tile_starts
+from kldet.lazy import lazy_exports
 
-__all__ = [
-    "ArraySource",
-    "ImageFile",
-    "Predictor",
-    "Tile",
-    "detections_to_coco",
-    "draw_detections",
-    "export_model",
-    "find_images",
-    "make_tiles",
-    "merge_tiles",
-    "open_image",
-    "owned_detections",
-    "sliced_predict",
-    "split_outputs",
-    "tile_starts",
-    "write_results",
-]
+_EXPORTS = {
+    "ArraySource": "kldet.inference.sources",
+    "ImageFile": "kldet.inference.sources",
+    "Predictor": "kldet.inference.predictor",
+    "Tile": "kldet.inference.tiling",
+    "detections_to_coco": "kldet.inference.results",
+    "draw_detections": "kldet.inference.render",
+    "export_model": "kldet.inference.export",
+    "find_images": "kldet.inference.sources",
+    "make_tiles": "kldet.inference.tiling",
+    "merge_tiles": "kldet.inference.sliced",
+    "open_image": "kldet.inference.sources",
+    "owned_detections": "kldet.inference.sliced",
+    "sliced_predict": "kldet.inference.sliced",
+    "split_outputs": "kldet.inference.export",
+    "tile_starts": "kldet.inference.tiling",
+    "write_results": "kldet.inference.results",
+}
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

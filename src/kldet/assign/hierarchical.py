@@ -39,6 +39,7 @@ from kldet.assign.anchors import BACKGROUND, IGNORED
 from kldet.assign.sparse import (
     StackedLevels,
     best_per_point,
+    centred_kl,
     concat_picks,
     dense_topk,
     grid_levels,
@@ -184,6 +185,35 @@ def _anchor_grids(geometry: Geometry) -> _AnchorGrids | None:
     return grids._replace(stacked=stack_levels(levels, w[first_anchors], h[first_anchors]))
 
 
+class _Windows(NamedTuple):
+    """A rectangle of cells per ground truth and grid: first row, rows, first column, columns, each (R, L)."""
+
+    first_row: Tensor
+    num_rows: Tensor
+    first_column: Tensor
+    num_columns: Tensor
+
+
+def _windows(
+    stacked: StackedLevels, geometry: Geometry, half_w: Tensor, half_h: Tensor, radius: Tensor | int
+) -> _Windows:
+    """The windows of R ground truths (``geometry``: cx, cy, w, h, each (R,)): per grid the lines within
+    (half_w, half_h) (R, L) of the centre and ``radius`` (an int, or (R, L) of 0 or -1 ... k - 1) more
+    beyond the two lines that bracket it (-1: none)."""
+    if isinstance(radius, int):
+        return _Windows(
+            *line_window(geometry[1], half_h, stacked.ys, stacked.heights, radius),
+            *line_window(geometry[0], half_w, stacked.xs, stacked.widths, radius),
+        )
+    windows = [_windows(stacked, geometry, half_w, half_h, int(r)) for r in radius.unique().tolist()]
+    picked = windows[0]
+    for r, window in zip(radius.unique().tolist()[1:], windows[1:], strict=True):
+        picked = _Windows(
+            *(torch.where(radius == r, new, old) for new, old in zip(window, picked, strict=True))
+        )
+    return picked
+
+
 def _windowed_topk(
     similarity: Callable[[Tensor, Tensor], Tensor],
     grids: _AnchorGrids,
@@ -193,30 +223,47 @@ def _windowed_topk(
     reaches: Tensor,
 ) -> Picks:
     """Top-k anchors of every ground truth by ``similarity``, and ``reaches`` (N,) set where an anchor's
-    similarity to some ground truth is >= ``threshold``; see the module docstring."""
+    similarity to some ground truth is >= ``threshold``; see the module docstring.
+
+    Passes, each for the ground truths the previous ones did not settle: (1) the two lines about the
+    centre on every grid, widened to the threshold's offsets (this pass marks ``reaches`` for all
+    ground truths); (2) k lines on either side on the grids whose centred anchor can beat the k-th best
+    of pass 1, none elsewhere; (3) windows outside which nothing can beat the k-th best so far; (4) all
+    anchors.
+    """
     num_anchors, num_gts = len(reaches), len(gt_geometry[0])
-    pending = torch.arange(num_gts, device=reaches.device)
     stacked = grids.stacked
+    pending = torch.arange(num_gts, device=reaches.device)
     no_extent = gt_geometry[2].new_zeros(num_gts, len(stacked.levels))
     if threshold <= 0:
         reaches.fill_(True)
-        half_w = half_h = no_extent
-    elif threshold > 1:
-        half_w = half_h = no_extent
-    else:
+    if 0 < threshold <= 1:
         half_w, half_h = offsets_within_kl(stacked, gt_geometry, no_extent + (1 / threshold - 1))
+    else:
+        half_w = half_h = no_extent
+    windows = _windows(stacked, gt_geometry, half_w, half_h, min(k, 1) - 1)
     picks, certified, kth = _window_pass(
-        similarity, grids, gt_geometry, pending, half_w, half_h, k, (threshold, reaches)
+        similarity, grids, gt_geometry, pending, windows, k, (threshold, reaches)
     )
+    all_picks = [picks]
     if k == 0:
         return picks
-    all_picks = [picks]
     pending, kth = pending[~certified], kth[~certified]
+    geometry = tuple(t[pending] for t in gt_geometry)
+    no_extent = no_extent[: len(pending)]
+    if k > 1 and len(pending):
+        can_beat = 1 / (1 + centred_kl(stacked, geometry)) >= kth[:, None] * (1 - _BOUND_MARGIN)
+        radius = torch.where(can_beat, k - 1, -1)
+        windows = _windows(stacked, geometry, no_extent, no_extent, radius)
+        picks, certified, kth = _window_pass(similarity, grids, gt_geometry, pending, windows, k)
+        all_picks.append(picks)
+        pending, kth = pending[~certified], kth[~certified]
+        geometry = tuple(t[pending] for t in gt_geometry)
     if len(pending):
         needed_kl = torch.where(kth > 0, 1 / kth - 1, math.inf)[:, None].expand(-1, len(stacked.levels))
-        pending_geometry = tuple(t[pending] for t in gt_geometry)
-        half_w, half_h = offsets_within_kl(stacked, pending_geometry, needed_kl)
-        picks, certified, _ = _window_pass(similarity, grids, gt_geometry, pending, half_w, half_h, k)
+        half_w, half_h = offsets_within_kl(stacked, geometry, needed_kl)
+        windows = _windows(stacked, geometry, half_w, half_h, k - 1)
+        picks, certified, _ = _window_pass(similarity, grids, gt_geometry, pending, windows, k)
         all_picks.append(picks)
         pending = pending[~certified]
     all_picks.append(_exhaustive_pass(similarity, pending, num_anchors, k))
@@ -228,31 +275,25 @@ def _window_pass(
     grids: _AnchorGrids,
     gt_geometry: Geometry,
     gts: Tensor,
-    half_w: Tensor,
-    half_h: Tensor,
+    windows: _Windows,
     k: int,
     marking: tuple[float, Tensor] | None = None,
 ) -> tuple[Picks, Tensor, Tensor]:
-    """Top-k of ``gts`` (R,) within windows of k lines on either side of their centres, widened to
-    (half_w, half_h) (R, L) about them; with ``marking`` = (threshold, reaches), sets ``reaches`` (N,)
-    where an evaluated pair's similarity is >= threshold.
+    """Top-k of ``gts`` (R,) within their ``windows``, each a run of lines about the centre on either
+    axis (possibly empty); with ``marking`` = (threshold, reaches), sets ``reaches`` (N,) where an
+    evaluated pair's similarity is >= threshold.
 
     Returns the picks of the ground truths whose k-th best beats the bound on every anchor outside the
     windows, which ground truths do (R,) bool, and the k-th best (R,) (0 with fewer than k candidates).
     """
     stacked = grids.stacked
-    geometry = tuple(t[gts] for t in gt_geometry)
-    first_row, num_rows = line_window(geometry[1], half_h, stacked.ys, stacked.heights, k - 1)
-    first_column, num_columns = line_window(geometry[0], half_w, stacked.xs, stacked.widths, k - 1)
-    nearest = outside_kl(stacked, geometry, first_row, num_rows, first_column, num_columns)
+    nearest = outside_kl(stacked, tuple(t[gts] for t in gt_geometry), *windows)
     bound = (1 / (1 + nearest)).amax(dim=1) * (1 + _BOUND_MARGIN)
     certified = torch.zeros_like(gts, dtype=torch.bool)
     kth = torch.zeros_like(bound)
     picks = [(gts[:0], gts[:0], bound[:0])]
-    for part in row_chunks((num_rows * num_columns).sum(dim=1), _PAIRS_PER_CHUNK):
-        local, virtual = rectangle_pairs(
-            stacked.levels, first_row[part], num_rows[part], first_column[part], num_columns[part]
-        )
+    for part in row_chunks((windows.num_rows * windows.num_columns).sum(dim=1), _PAIRS_PER_CHUNK):
+        local, virtual = rectangle_pairs(stacked.levels, *(t[part] for t in windows))
         anchors = grids.anchor_index(virtual)
         values = similarity(gts[part][local], anchors)
         if marking is not None:

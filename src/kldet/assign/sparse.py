@@ -251,6 +251,13 @@ def outside_kl(
     return kl.masked_fill(~exists, math.inf).amin(dim=-1)
 
 
+def centred_kl(grid: StackedLevels, gt_geometry: tuple[Tensor, Tensor, Tensor, Tensor]) -> Tensor:
+    """(R, L) KL(prior || g) of each level's prior centred on each of R ground truths (cx, cy, w, h, each
+    (R,)): the lowest KL a prior of that level can have."""
+    gt_cx, gt_cy, gt_w, gt_h = (t[:, None] for t in gt_geometry)
+    return gaussian_kl(gt_cx, gt_cy, grid.prior_w, grid.prior_h, gt_cx, gt_cy, gt_w, gt_h)
+
+
 def offsets_within_kl(
     grid: StackedLevels, gt_geometry: tuple[Tensor, Tensor, Tensor, Tensor], needed_kl: Tensor
 ) -> tuple[Tensor, Tensor]:
@@ -260,7 +267,5 @@ def offsets_within_kl(
     Outside such a window a prior is at least that far off the centre on one axis, so its KL is at least
     KL(centred prior) + 2 dx^2 / w^2 (or the same in y); solve that for dx.
     """
-    gt_cx, gt_cy, gt_w, gt_h = (t[:, None] for t in gt_geometry)
-    centred_kl = gaussian_kl(gt_cx, gt_cy, grid.prior_w, grid.prior_h, gt_cx, gt_cy, gt_w, gt_h)
-    root = torch.sqrt((needed_kl * 1.01 + 1e-3 - centred_kl).clamp(min=0) / 2)
-    return gt_w * root, gt_h * root
+    root = torch.sqrt((needed_kl * 1.01 + 1e-3 - centred_kl(grid, gt_geometry)).clamp(min=0) / 2)
+    return gt_geometry[2][:, None] * root, gt_geometry[3][:, None] * root

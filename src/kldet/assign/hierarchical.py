@@ -173,12 +173,16 @@ def _anchor_grids(geometry: Geometry) -> _AnchorGrids | None:
         slot_levels = grid_levels(x, y, level_key[:, None])
         if slot_levels is None:
             return None
-        for level in slot_levels:
-            cells = slice(level.start, level.start + level.height * level.width)
-            for sizes in (w[slot::per_location][cells], h[slot::per_location][cells]):
-                if not bool(sizes.amax() - sizes.amin() <= _SIZE_SPREAD * sizes.amax()):
-                    return None
-            levels.append(level._replace(start=slot * locations + level.start))
+        for sizes in (w[slot::per_location], h[slot::per_location]):
+            largest = sizes.new_full((len(slot_levels),), -math.inf).scatter_reduce(
+                0, level_key, sizes, "amax"
+            )
+            smallest = sizes.new_full((len(slot_levels),), math.inf).scatter_reduce(
+                0, level_key, sizes, "amin"
+            )
+            if not bool((largest - smallest <= _SIZE_SPREAD * largest).all()):
+                return None
+        levels += [level._replace(start=slot * locations + level.start) for level in slot_levels]
     starts = torch.tensor([level.start for level in levels], device=cx.device)
     grids = _AnchorGrids(None, per_location, locations)
     first_anchors = grids.anchor_index(starts)

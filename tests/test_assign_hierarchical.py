@@ -17,7 +17,7 @@ from kldet.assign.anchors import BACKGROUND, IGNORED, RFAnchorGenerator
 from kldet.assign.reference import hierarchical_kld_assign_dense
 from kldet.errors import KLDetConfigError
 
-BOX_KINDS = ("objects", "crowd", "duplicates", "tiny", "huge", "outside")
+BOX_KINDS = ("objects", "crowd", "duplicates", "tiny", "huge", "outside", "flipped")
 
 
 def random_boxes(generator: torch.Generator, kind: str, num: int, height: int, width: int) -> torch.Tensor:
@@ -41,6 +41,8 @@ def random_boxes(generator: torch.Generator, kind: str, num: int, height: int, w
         sides = uniform(0.5, 2.5, (num, 2)) * size
     elif kind == "outside":  # centres up to 100 px beyond the image
         centres = uniform(-100, 100, (num, 2)) + centres * (1 + 200 / size)
+    elif kind == "flipped":  # x2 < x1 or y2 < y1: the Gaussian of the mirrored box
+        sides = sides * torch.where(torch.rand((num, 2), generator=generator) < 0.5, -1.0, 1.0)
     return torch.cat((centres - sides / 2, centres + sides / 2), dim=1)
 
 

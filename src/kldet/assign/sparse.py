@@ -265,7 +265,8 @@ def offsets_within_kl(
     (R, L), with a little slack.
 
     Outside such a window a prior is at least that far off the centre on one axis, so its KL is at least
-    KL(centred prior) + 2 dx^2 / w^2 (or the same in y); solve that for dx.
+    KL(centred prior) + 2 dx^2 / w^2 (or the same in y); solve that for dx. A box with x2 < x1 has a
+    negative width and the Gaussian of its mirror image, so |w| counts.
     """
     root = torch.sqrt((needed_kl * 1.01 + 1e-3 - centred_kl(grid, gt_geometry)).clamp(min=0) / 2)
-    return gt_geometry[2][:, None] * root, gt_geometry[3][:, None] * root
+    return gt_geometry[2].abs()[:, None] * root, gt_geometry[3].abs()[:, None] * root  # abs: flipped boxes

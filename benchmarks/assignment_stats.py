@@ -1,4 +1,5 @@
-"""Positives per ground truth by size bin under FCOS (P3-P7 and P2-P6), ATSS-style IoU top-k and Ali-TSM.
+"""Positives per ground truth by size bin under FCOS (P3-P7 and P2-P6), ATSS-style IoU top-k, Ali-TSM and the
+two-stage model's RPN assigner (hierarchical KLD, positive anchors).
 
     python benchmarks/assignment_stats.py [--images 32] [--image-size 800] [--seed 0] [--score-noise 0]
                                           [--threads 1] [--out outputs/assignment_stats.png]
@@ -7,7 +8,7 @@ No training: the ground truths are those of the synthetic data set's scenes (AI-
 Ali-TSM sees constant classification scores, the state of a freshly initialised head (``--score-noise``
 adds Gaussian noise of that standard deviation to the logits instead). Prints two markdown tables (the
 share of ground truths with no positive point and the mean number of positives, per AI-TOD size bin)
-and writes them to ``<out>.md`` and the bar plot to ``<out>`` (PNG). About 0.2 s per scene on one thread;
+and writes them to ``<out>.md`` and the bar plot to ``<out>`` (PNG). About 0.7 s per scene on one thread (a loaded 2-core CPU);
 torch's default of one thread per core is no faster on these small tensors and, on a busy machine,
 measured up to 30 times slower.
 """

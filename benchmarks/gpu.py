@@ -1,5 +1,5 @@
 """The GPU path in one call: KLDet's training speed and memory against the FCOS baseline, their FLOPs,
-Ali-TSM on the device against the CPU, the share of a training step spent in assignment, and sliced
+Ali-TSM and the hierarchical KLD (RPN) assigner on the device against the CPU, the share of a training step spent in assignment, and sliced
 prediction tiles/s.
 
     python benchmarks/gpu.py [--device cuda] [--out outputs/bench_gpu.json]   # sized for < 8 minutes on one GPU
@@ -23,6 +23,9 @@ and follows ``--warmup`` untimed iterations; cuDNN autotuning is on, as with ``t
   ``--assign-repeats`` calls and the peak allocated memory above the inputs; on the CPU, bench_assign.py's
   own measurement in a fresh process (median time, peak extra resident memory); ``differing_points``
   counts the points whose assignment differs between the two.
+- ``hierarchical``: the same for ``hierarchical_kld_assign`` (the two-stage model's RPN assigner) on the
+  image's 159,882 receptive-field anchors and the same boxes (bench_assign.py's ``hierarchical`` inputs);
+  ``positives`` counts positive anchors, ``differing_points`` differing anchors.
 - ``assignment_share``: the share of a KLDet training step (batch ``--batch``, ``--share-gts`` boxes per
   image) spent in the assigner calls and ``build_targets`` of ``KLDet.loss``, each call timed between two
   synchronisations (so the steps measured here wait where a normal step would not). The goal: <= 0.10.
@@ -61,9 +64,9 @@ from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
 import kldet.model.detector as detector_module
-from bench_assign import make_inputs, run_case_in_subprocess
+from bench_assign import ASSIGNERS, run_case_in_subprocess
 from bench_model import synthetic_batch
-from kldet.assign import alitsm_assign, build_targets
+from kldet.assign import build_targets
 from kldet.inference import ArraySource, Predictor
 from kldet.model import KLDet, fcos_r50, input_normalization, kldet_r50_caffe
 
@@ -258,23 +261,27 @@ def training_ratios(training: dict, flops: dict) -> dict:
     }
 
 
-def bench_alitsm(args, device: torch.device) -> list[dict]:
+def bench_assigner(assigner: str, args, device: torch.device) -> list[dict]:
+    """bench_assign.py's ``assigner`` (``alitsm`` or ``hierarchical``) on the device and on the CPU."""
+    bench = ASSIGNERS[assigner]
     rows = []
     threads = torch.get_num_threads()
     for num_gts in args.assign_gts:
-        inputs = make_inputs(num_gts)
+        inputs = bench.make_inputs(num_gts)
         on_device = [tensor.to(device) for tensor in inputs]
-        alitsm_assign(*(tensor.to(device) for tensor in make_inputs(1, seed=1)))  # kernels loaded outside
-        alitsm_assign(*on_device)  # warm-up
+        bench.assign(
+            *(tensor.to(device) for tensor in bench.make_inputs(1, seed=1))
+        )  # kernels loaded outside
+        bench.assign(*on_device)  # warm-up
         synchronize(device)
         reset_peak_memory(device)
         before = allocated_bytes(device)
         calls = [
-            timed(functools.partial(alitsm_assign, *on_device), device) for _ in range(args.assign_repeats)
+            timed(functools.partial(bench.assign, *on_device), device) for _ in range(args.assign_repeats)
         ]
         peak = peak_memory_mb(device, before)
         assigned = calls[-1][1].cpu()
-        cpu = run_case_in_subprocess(num_gts, args.assign_repeats, 0, threads)
+        cpu = run_case_in_subprocess(num_gts, args.assign_repeats, 0, threads, assigner)
         device_seconds = statistics.median(seconds for seconds, _ in calls)
         row = {
             "gts": num_gts,
@@ -285,9 +292,9 @@ def bench_alitsm(args, device: torch.device) -> list[dict]:
             "cpu_peak_extra_mb": cpu["peak_extra_mb"],
             "cpu_threads": threads,
             "speedup": cpu["seconds"] / device_seconds,
-            "differing_points": int((assigned != alitsm_assign(*inputs)).sum()),
+            "differing_points": int((assigned != bench.assign(*inputs)).sum()),
         }
-        print(f"alitsm G={num_gts}: {row}", file=sys.stderr)
+        print(f"{assigner} G={num_gts}: {row}", file=sys.stderr)
         rows.append(row)
     return rows
 
@@ -382,15 +389,17 @@ def print_tables(results: dict) -> None:
             f"image {ratios['time_ratio']:.3f}x = {ratios['time_over_flop_ratio']:.3f} x the FLOP ratio "
             f"(goal <= {ratios['goal']}: {'met' if ratios['goal_met'] else 'NOT met'})"
         )
-    alitsm = results.get("alitsm")
-    if isinstance(alitsm, list):
-        print("\nAli-TSM, 800x800 image\n")
+    for name in ASSIGNERS:
+        rows = results.get(name)
+        if not isinstance(rows, list) or not rows:
+            continue
+        print(f"\n{ASSIGNERS[name].title}, 800x800 image\n")
         print(
             f"| G | positives | {config['device']} time | {config['device']} peak extra | "
-            f"CPU time (torch threads: {alitsm[0]['cpu_threads']}) | CPU peak extra RSS | speed-up | differing points |"
+            f"CPU time (torch threads: {rows[0]['cpu_threads']}) | CPU peak extra RSS | speed-up | differing points |"
         )
         print("|---:|---:|---:|---:|---:|---:|---:|---:|")
-        for row in alitsm:
+        for row in rows:
             print(
                 f"| {row['gts']:,} | {row['positives']:,} | {row['device_seconds'] * 1000:.1f} ms "
                 f"| {cell(row['device_peak_extra_mb'], ',.0f', ' MiB')} | {row['cpu_seconds'] * 1000:.1f} ms "
@@ -508,7 +517,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2) + "\n")
 
-    section("alitsm", bench_alitsm, args, device)
+    section("alitsm", bench_assigner, "alitsm", args, device)
+    section("hierarchical", bench_assigner, "hierarchical", args, device)
     models = build_models(args, device)
     section("training", bench_training, models, args, device)
     section("flops", bench_flops, models, args, device)

@@ -20,7 +20,7 @@ from kldet.analysis.assignment import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-NAMES = ["FCOS P3-P7", "FCOS P2-P6", "ATSS P2-P6", "Ali-TSM P2-P6"]
+NAMES = ["FCOS P3-P7", "FCOS P2-P6", "ATSS P2-P6", "Ali-TSM P2-P6", "Hierarchical KLD P2-P6"]
 
 
 def square(cx, cy, side):
@@ -61,8 +61,10 @@ def test_a_4px_object_between_p3_points_is_found_by_p2_and_ali_tsm_only():
     assert counts["FCOS P3-P7"] == [0, 0]
     assert counts["FCOS P2-P6"] == [0, 0]  # the P2 points 6 and 10 lie on the box edges
     assert counts["ATSS P2-P6"] == [0, 0]
-    # Ali-TSM: top-3 by KLD, plus stage 2's best when it is not one of them, for each box.
+    # Ali-TSM and the RPN's hierarchical KLD assigner: top-3 by KLD, plus stage 2's best when it is not one
+    # of them, for each box (the two boxes are too far apart to compete).
     assert all(3 <= c <= 4 for c in counts["Ali-TSM P2-P6"])
+    assert all(3 <= c <= 4 for c in counts["Hierarchical KLD P2-P6"])
     shifted = compare_assigners((64, 64), boxes + 1, torch.tensor([0, 0]), num_classes=1)
     assert positives_per_gt(shifted["FCOS P2-P6"].assigned, 2).tolist() == [1, 1]
     assert positives_per_gt(shifted["ATSS P2-P6"].assigned, 2).tolist() == [1, 1]

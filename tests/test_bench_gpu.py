@@ -54,6 +54,7 @@ def test_smoke_mode_on_the_cpu_writes_every_figure(bench_gpu, tmp_path, capsys):
         "config",
         "memory_note",
         "alitsm",
+        "hierarchical",
         "training",
         "flops",
         "ratios",
@@ -85,12 +86,13 @@ def test_smoke_mode_on_the_cpu_writes_every_figure(bench_gpu, tmp_path, capsys):
     assert ratios["time_over_flop_ratio"] == pytest.approx(ratios["time_ratio"] / ratios["flop_ratio"])
     assert ratios["goal_met"] is (ratios["time_over_flop_ratio"] <= 1.1)
 
-    (row,) = results["alitsm"]
-    assert set(row) == ALITSM_KEYS and row["gts"] == 20
-    assert all(positive(row[key]) for key in ("positives", "device_seconds", "cpu_seconds", "speedup"))
-    assert row["device_peak_extra_mb"] is None
-    assert math.isfinite(row["cpu_peak_extra_mb"]) and row["cpu_peak_extra_mb"] >= 0
-    assert row["differing_points"] == 0  # both paths on the CPU
+    for assigner in ("alitsm", "hierarchical"):
+        (row,) = results[assigner]
+        assert set(row) == ALITSM_KEYS and row["gts"] == 20
+        assert all(positive(row[key]) for key in ("positives", "device_seconds", "cpu_seconds", "speedup"))
+        assert row["device_peak_extra_mb"] is None
+        assert math.isfinite(row["cpu_peak_extra_mb"]) and row["cpu_peak_extra_mb"] >= 0
+        assert row["differing_points"] == 0  # both paths on the CPU
 
     share = results["assignment_share"]
     assert set(share) == SHARE_KEYS and share["gts"] == 50
@@ -109,6 +111,7 @@ def test_smoke_mode_on_the_cpu_writes_every_figure(bench_gpu, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| KLDet (P2-P6, TlA, Ali-TSM) |" in printed and "| FCOS (P3-P7) |" in printed
     assert "tiles/s" in printed and "FAILED" not in printed
+    assert "Ali-TSM, 800x800 image" in printed and "Hierarchical KLD (RPN), 800x800 image" in printed
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
@@ -128,7 +131,7 @@ def test_a_failing_section_is_recorded_and_the_others_still_run(bench_gpu, tmp_p
         name: {"images_per_s": rate, "step_seconds": 2 / rate, "peak_memory_mb": None}
         for name, rate in (("kldet", 2.0), ("fcos", 5.0))
     }
-    monkeypatch.setattr(bench_gpu, "bench_alitsm", fail)
+    monkeypatch.setattr(bench_gpu, "bench_assigner", fail)
     monkeypatch.setattr(bench_gpu, "build_models", lambda *_: {"kldet": None, "fcos": None})
     monkeypatch.setattr(bench_gpu, "bench_training", lambda *_: training)
     monkeypatch.setattr(
@@ -142,7 +145,7 @@ def test_a_failing_section_is_recorded_and_the_others_still_run(bench_gpu, tmp_p
     assert bench_gpu.main(["--smoke", "--device", "cpu", "--out", str(out)]) == 1
     results = json.loads(out.read_text())
     assert results["alitsm"] == {"error": "RuntimeError: CUDA error: an illegal memory access"}
-    assert results["assignment_share"] == results["alitsm"]
+    assert results["assignment_share"] == results["hierarchical"] == results["alitsm"]
     # 2.5x the time per image for 3x the FLOPs: 2.5 / 3 of the FLOP ratio, within the goal.
     assert results["ratios"]["time_ratio"] == pytest.approx(2.5)
     assert results["ratios"]["time_over_flop_ratio"] == pytest.approx(2.5 / 3)

@@ -17,7 +17,7 @@ from kldet.data.transforms import DetectionTransform
 
 # The model timings run on one thread (two spin against each other on a busy CPU, 40 times slower).
 pytestmark = pytest.mark.usefixtures("quiet_single_thread")
-NAMES = ["FCOS P3-P7", "FCOS P2-P6", "ATSS P2-P6", "Ali-TSM P2-P6"]
+NAMES = ["FCOS P3-P7", "FCOS P2-P6", "ATSS P2-P6", "Ali-TSM P2-P6", "Hierarchical KLD P2-P6"]
 
 
 @pytest.fixture
@@ -65,15 +65,16 @@ def test_assign_table_counts_the_known_outcome(coco_files, tmp_path, capsys):
     printed = capsys.readouterr()
     tiny = expected_positives((128, 128), [6, 6, 10, 10], 0)
     large = expected_positives((128, 128), [14, 14, 114, 114], 1)
-    # The geometry of the docstring: only Ali-TSM gives the 4 px box positives; the 100 px box gets some
-    # from every assigner.
+    # The geometry of the docstring: only Ali-TSM and the RPN's KLD assigner give the 4 px box positives;
+    # the 100 px box gets some from every assigner.
     assert [tiny[name] for name in NAMES[:3]] == [0, 0, 0] and 3 <= tiny["Ali-TSM P2-P6"] <= 4
+    assert 3 <= tiny["Hierarchical KLD P2-P6"] <= 4
     assert all(large[name] > 0 for name in NAMES)
     table = (out / "assignment.md").read_text()
     assert table in printed.out
     assert "| assigner | very tiny (n=1) | tiny (n=0) | small (n=0) | medium (n=1) |" in table
     zero, mean = zip(*(cells(table, name) for name in NAMES), strict=True)
-    assert [row[0] for row in zero] == ["100.0", "100.0", "100.0", "0.0"]
+    assert [row[0] for row in zero] == ["100.0", "100.0", "100.0", "0.0", "0.0"]
     assert all(row[3] == "0.0 |" for row in zero)
     assert [row[0] for row in mean] == [f"{tiny[name]:.2f}" for name in NAMES]
     assert [row[3] for row in mean] == [f"{large[name]:.2f} |" for name in NAMES]

@@ -1,7 +1,9 @@
 """Positives per ground truth by object size: how many training samples each assigner gives tiny objects.
 
 The assigners are compared without training: FCOS on P3-P7 (the standard detector) and on P2-P6, the
-ATSS-style IoU top-k assigner on P2-P6, and Ali-TSM on the P2-P6 receptive-field priors. Ali-TSM also
+ATSS-style IoU top-k assigner on P2-P6, Ali-TSM on the P2-P6 receptive-field priors, and the two-stage
+model's RPN assigner (hierarchical KLD, KLDET_SPEC.md section 9) on its P2-P6 receptive-field anchors (three
+per location, so its positives are anchors, not points; its ignored anchors count as none). Ali-TSM also
 reads classification scores; by default they are constant, the state of a freshly initialised head
 (every logit equals the classification bias), where its ranking depends only on the KLD (stage 1) and
 the IoU of the shrunk priors (stage 2) — a constant of any value gives the same assignment.
@@ -16,7 +18,14 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from kldet.assign.assigners import AliTSMAssigner, ATSSAssigner, FCOSAssigner, point_grid
+from kldet.assign.anchors import RFAnchorGenerator, anchor_levels
+from kldet.assign.assigners import (
+    AliTSMAssigner,
+    ATSSAssigner,
+    FCOSAssigner,
+    HierarchicalKLDAssigner,
+    point_grid,
+)
 from kldet.data.aitod import AITOD_CLASSES
 from kldet.data.dataset import padded_size
 from kldet.data.records import Record
@@ -34,9 +43,9 @@ INITIAL_LOGIT = -math.log((1 - 0.01) / 0.01)
 class Assignment(NamedTuple):
     """The points an assigner chose from and its choice."""
 
-    points: Tensor  # (N, 2) x, y (for Ali-TSM the centres of the priors)
+    points: Tensor  # (N, 2) x, y (for Ali-TSM the centres of the priors, for the RPN of the anchors)
     point_strides: Tensor  # (N,)
-    assigned: Tensor  # (N,) long, ground-truth index or -1
+    assigned: Tensor  # (N,) long, ground-truth index or < 0 (-1 background; the RPN's -2: ignored)
 
 
 class SizeBinStatistics(NamedTuple):
@@ -55,7 +64,7 @@ def compare_assigners(
     num_classes: int,
     cls_logits: Tensor | None = None,
 ) -> dict[str, Assignment]:
-    """The four assignments of one image's ground truths, keyed by a display name.
+    """The five assignments of one image's ground truths, keyed by a display name.
 
     Args:
         image_size: (H, W).
@@ -75,14 +84,23 @@ def compare_assigners(
         "ATSS P2-P6": (ATSSAssigner(), p2),
         "Ali-TSM P2-P6": (AliTSMAssigner(), p2),
     }
-    return {
+    assignments = {
         name: Assignment(grid.points, grid.point_strides, assigner(grid, cls_logits, gt_boxes, gt_labels))
         for name, (assigner, grid) in runs.items()
     }
+    generator = RFAnchorGenerator()  # the two-stage model's RPN, as the spec's section 9 sets it
+    levels = generator(tuple(image_size), gt_boxes.device)
+    anchors = torch.cat(levels)
+    strides = torch.tensor(generator.strides, device=anchors.device)[anchor_levels(levels)]
+    centres = (anchors[:, :2] + anchors[:, 2:]) / 2
+    assignments["Hierarchical KLD P2-P6"] = Assignment(
+        centres, strides, HierarchicalKLDAssigner()(anchors, gt_boxes)
+    )
+    return assignments
 
 
 def positives_per_gt(assigned: Tensor, num_gts: int) -> Tensor:
-    """(G,) number of points assigned to each ground truth, from an (N,) assignment (-1 = background)."""
+    """(G,) number of points assigned to each ground truth, from an (N,) assignment (< 0: none)."""
     return torch.bincount(assigned[assigned >= 0], minlength=num_gts)
 
 
@@ -183,7 +201,7 @@ def synthetic_assignment_statistics(
     seed: int = 0,
     score_noise: float = 0.0,
 ) -> dict[str, list[SizeBinStatistics]]:
-    """Per-size-bin statistics of the four assigners over :func:`synthetic_scenes` (``score_noise``: see
+    """Per-size-bin statistics of the five assigners over :func:`synthetic_scenes` (``score_noise``: see
     :func:`count_positives`)."""
     scenes = synthetic_scenes(num_images, image_size, seed)
     return count_positives(scenes, len(AITOD_CLASSES), score_noise, seed).statistics()

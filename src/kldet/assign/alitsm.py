@@ -30,14 +30,19 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kldet.assign.sparse import (
-    GridLevel,
+    StackedLevels,
     best_per_point,
+    concat_picks,
     dense_topk,
     grid_levels,
     line_span,
+    line_window,
+    offsets_within_kl,
+    outside_kl,
     rectangle_pairs,
     row_chunks,
     segmented_topk,
+    stack_levels,
 )
 from kldet.boxes import box_centers_and_sizes, box_iou_aligned, gaussian_kl, shrink_boxes
 
@@ -166,7 +171,10 @@ def alitsm_assign(
     )
     cx, cy, w, h = problem.prior_geometry
     levels = grid_levels(cx, cy, torch.stack((w, h), dim=1))
-    grid = None if levels is None else _stack_levels(levels, problem.prior_geometry)
+    grid = None
+    if levels is not None:
+        starts = torch.tensor([lv.start for lv in levels], device=priors.device)
+        grid = stack_levels(levels, w[starts], h[starts])
     k1, k2 = (min(k, num_priors) for k in topk)
     if k1 > 0:
         gts, picked, values = _stage1_topk(problem, grid, k1)
@@ -190,63 +198,7 @@ def _exhaustive_topk(metric, gts: Tensor, num_priors: int, k: int) -> tuple[Tens
         rows = gts[start : start + chunk]
         r, p, v = dense_topk(metric(rows[:, None], all_priors), all_priors, k)
         picks.append((rows[r], p, v))
-    return _concat_picks(picks)
-
-
-def _concat_picks(picks: list[tuple[Tensor, Tensor, Tensor]]) -> tuple[Tensor, Tensor, Tensor]:
-    gts, priors, values = zip(*picks, strict=True)
-    return torch.cat(gts), torch.cat(priors), torch.cat(values)
-
-
-class _Grid(NamedTuple):
-    """The levels of a grid of priors, with their per-level values stacked for vectorised use."""
-
-    levels: list[GridLevel]
-    starts: Tensor  # (L,) index of the first prior of each level
-    heights: Tensor  # (L,)
-    widths: Tensor  # (L,)
-    xs: Tensor  # (L, max width) column centres, padded with +inf
-    ys: Tensor  # (L, max height) row centres, padded with +inf
-    prior_w: Tensor  # (L,) prior width (with the eps) of each level
-    prior_h: Tensor  # (L,)
-
-
-def _stack_levels(levels: list[GridLevel], prior_geometry: tuple[Tensor, ...]) -> _Grid:
-    device = levels[0].xs.device
-    starts = torch.tensor([lv.start for lv in levels], device=device)
-    return _Grid(
-        levels=levels,
-        starts=starts,
-        heights=torch.tensor([lv.height for lv in levels], device=device),
-        widths=torch.tensor([lv.width for lv in levels], device=device),
-        xs=torch.nn.utils.rnn.pad_sequence(
-            [lv.xs for lv in levels], batch_first=True, padding_value=math.inf
-        ),
-        ys=torch.nn.utils.rnn.pad_sequence(
-            [lv.ys for lv in levels], batch_first=True, padding_value=math.inf
-        ),
-        prior_w=prior_geometry[2][starts],
-        prior_h=prior_geometry[3][starts],
-    )
-
-
-def _window(
-    centres: Tensor, half_extent: Tensor, lines: Tensor, num_lines: Tensor, radius: int
-) -> tuple[Tensor, Tensor]:
-    """Runs of grid lines about (R,) centres on every level: first index and count, both (R, L).
-
-    A run holds the lines within ``half_extent`` (R, L) of the centre and at least ``radius`` more
-    beyond the two lines that bracket the centre, so all lines before it lie before the centre and all
-    lines after it lie after it. ``lines`` (L, max lines) is padded with +inf, ``num_lines`` is (L,).
-    """
-    centres = centres.expand(len(lines), -1).contiguous()
-    half_extent = half_extent.T
-    nearest = torch.searchsorted(lines, centres)
-    lo = torch.searchsorted(lines, (centres - half_extent).contiguous())
-    hi = torch.searchsorted(lines, (centres + half_extent).contiguous(), right=True)
-    first = torch.minimum(nearest - 1 - radius, lo).clamp(min=0)
-    end = torch.minimum(torch.maximum(nearest + 1 + radius, hi), num_lines[:, None])
-    return first.T, (end - first).T.clamp(min=0)
+    return concat_picks(picks)
 
 
 class _Windows(NamedTuple):
@@ -260,61 +212,39 @@ class _Windows(NamedTuple):
 
 
 def _stage1_windows(
-    problem: _Problem, grid: _Grid, best_log_scores: Tensor, gts: Tensor, half_w: Tensor, half_h: Tensor
+    problem: _Problem,
+    grid: StackedLevels,
+    best_log_scores: Tensor,
+    gts: Tensor,
+    half_w: Tensor,
+    half_h: Tensor,
 ) -> _Windows:
     """Windows of ``gts`` (R,) holding the cells within (half_w, half_h) (R, L) of the box centre on
     each level and at least ``_WINDOW_RADIUS`` cells around it; ``best_log_scores`` (L, C) is the
     highest log S of each class on each level."""
-    gt_cx, gt_cy, gt_w, gt_h = (t[gts] for t in problem.gt_geometry)
-    first_row, num_rows = _window(gt_cy, half_h, grid.ys, grid.heights, _WINDOW_RADIUS)
-    first_column, num_columns = _window(gt_cx, half_w, grid.xs, grid.widths, _WINDOW_RADIUS)
-    # The nearest column (row) outside the window on each side, put level with the centre on the other
-    # axis, has a KL no larger than that of any prior beyond it: (R, L, 4) such virtual priors.
-    outside_column = torch.stack((first_column - 1, first_column + num_columns), dim=-1)
-    outside_row = torch.stack((first_row - 1, first_row + num_rows), dim=-1)
-    level = torch.arange(len(grid.levels), device=gts.device)[:, None]
-    column_x = grid.xs[level, torch.minimum(outside_column.clamp(min=0), grid.widths[:, None] - 1)]
-    row_y = grid.ys[level, torch.minimum(outside_row.clamp(min=0), grid.heights[:, None] - 1)]
-    centre_x = gt_cx[:, None, None].expand(-1, len(level), 2)
-    centre_y = gt_cy[:, None, None].expand(-1, len(level), 2)
-    kl = gaussian_kl(
-        torch.cat((column_x, centre_x), dim=-1),
-        torch.cat((centre_y, row_y), dim=-1),
-        grid.prior_w[:, None],
-        grid.prior_h[:, None],
-        *(t[:, None, None] for t in (gt_cx, gt_cy, gt_w, gt_h)),
-    )
-    exists = torch.cat(
-        (
-            (outside_column >= 0) & (outside_column < grid.widths[:, None]),
-            (outside_row >= 0) & (outside_row < grid.heights[:, None]),
-        ),
-        dim=-1,
-    )
-    nearest = kl.masked_fill(~exists, math.inf).amin(dim=-1)
+    gt_geometry = tuple(t[gts] for t in problem.gt_geometry)
+    first_row, num_rows = line_window(gt_geometry[1], half_h, grid.ys, grid.heights, _WINDOW_RADIUS)
+    first_column, num_columns = line_window(gt_geometry[0], half_w, grid.xs, grid.widths, _WINDOW_RADIUS)
+    nearest = outside_kl(grid, gt_geometry, first_row, num_rows, first_column, num_columns)
     labels = problem.gt_labels[gts]
     level_bound = log_stage1_metric(best_log_scores.T[labels], nearest, problem.alpha, problem.beta)
     return _Windows(first_row, num_rows, first_column, num_columns, level_bound.amax(dim=1))
 
 
 def _offsets_to_beat(
-    problem: _Problem, grid: _Grid, best_log_scores: Tensor, gts: Tensor, target: Tensor
+    problem: _Problem, grid: StackedLevels, best_log_scores: Tensor, gts: Tensor, target: Tensor
 ) -> tuple[Tensor, Tensor]:
     """Half-sizes (R, L) in x and y of windows outside which every prior scores below ``target`` (R,).
 
-    Outside such a window a prior is at least that far off the centre on one axis, so its KL is at least
-    KL(centred prior) + 2 dx^2 / w^2 (or the same in y), and its log A1 at most
-    alpha * best log S - beta * log(1 + KL); solve that for dx, with a little slack.
+    Outside such a window a prior's log A1 is at most alpha * best log S - beta * log(1 + KL), and its KL
+    exceeds the KL that makes this ``target`` (:func:`kldet.assign.sparse.offsets_within_kl`).
     """
-    gt_cx, gt_cy, gt_w, gt_h = (t[gts, None] for t in problem.gt_geometry)
     level_best = problem.alpha * best_log_scores.T[problem.gt_labels[gts]]
-    needed_kl = torch.expm1((level_best - target[:, None]) / problem.beta) * 1.01 + 1e-3
-    centred_kl = gaussian_kl(gt_cx, gt_cy, grid.prior_w, grid.prior_h, gt_cx, gt_cy, gt_w, gt_h)
-    root = torch.sqrt((needed_kl - centred_kl).clamp(min=0) / 2)
-    return gt_w * root, gt_h * root
+    needed_kl = torch.expm1((level_best - target[:, None]) / problem.beta)
+    return offsets_within_kl(grid, tuple(t[gts] for t in problem.gt_geometry), needed_kl)
 
 
-def _stage1_topk(problem: _Problem, grid: _Grid | None, k: int) -> tuple[Tensor, Tensor, Tensor]:
+def _stage1_topk(problem: _Problem, grid: StackedLevels | None, k: int) -> tuple[Tensor, Tensor, Tensor]:
     """Top-k priors by log A1 of every ground truth: (ground truths, priors, values) of the picks.
 
     A small window about each centre settles most ground truths. The others get a window sized so that
@@ -340,11 +270,11 @@ def _stage1_topk(problem: _Problem, grid: _Grid | None, k: int) -> tuple[Tensor,
             picks.append(window_picks)
             pending = pending[~certified]
     picks.append(_exhaustive_topk(problem.stage1, pending, num_priors, k))
-    return _concat_picks(picks)
+    return concat_picks(picks)
 
 
 def _window_topk(
-    problem: _Problem, grid: _Grid, gts: Tensor, windows: _Windows, k: int
+    problem: _Problem, grid: StackedLevels, gts: Tensor, windows: _Windows, k: int
 ) -> tuple[tuple[Tensor, Tensor, Tensor], Tensor, Tensor]:
     """Top-k of ``gts`` (R,) within their windows: the picks of the ground truths whose k-th best beats
     the bound, which of them do (R,) bool, and the k-th best (R,) (-inf with fewer than k candidates)."""
@@ -372,10 +302,10 @@ def _window_topk(
         certified[part] = done
         keep = done[local]
         picks.append((gts[part][local[keep]], priors[keep], values[keep]))
-    return _concat_picks(picks), certified, kth
+    return concat_picks(picks), certified, kth
 
 
-def _stage2_topk(problem: _Problem, grid: _Grid | None, k: int) -> tuple[Tensor, Tensor, Tensor]:
+def _stage2_topk(problem: _Problem, grid: StackedLevels | None, k: int) -> tuple[Tensor, Tensor, Tensor]:
     """Top-k priors by A2 of every ground truth: (ground truths, priors, values) of the picks."""
     num_priors, num_gts = len(problem.scores), len(problem.gt_boxes)
     device = problem.gt_labels.device
@@ -436,4 +366,4 @@ def _stage2_topk(problem: _Problem, grid: _Grid | None, k: int) -> tuple[Tensor,
         values = problem.stage2(gts, priors)
         picked = segmented_topk(values, local_gts, priors, part.stop - part.start, k) & certified[gts]
         picks.append((gts[picked], priors[picked], values[picked]))
-    return _concat_picks(picks)
+    return concat_picks(picks)

@@ -23,6 +23,7 @@ from torch import Tensor
 from kldet.assign.alitsm import alitsm_assign
 from kldet.assign.atss import atss_assign
 from kldet.assign.fcos import FCOS_REGRESS_RANGES, fcos_assign
+from kldet.assign.hierarchical import hierarchical_kld_assign
 from kldet.assign.priors import THEORETICAL_RECEPTIVE_FIELD, points_and_strides, receptive_field_priors
 from kldet.errors import KLDetConfigError
 
@@ -189,4 +190,37 @@ class ATSSAssigner:
     def __call__(self, grid: PointGrid, cls_logits: Tensor, gt_boxes: Tensor, gt_labels: Tensor) -> Tensor:
         return atss_assign(
             grid.points, grid.point_strides, gt_boxes, topk=self.topk, anchor_scale=self.anchor_scale
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class HierarchicalKLDAssigner:
+    """The two-stage KLDet's RPN assigner (KLDET_SPEC.md section 9, :func:`kldet.assign.hierarchical_kld_assign`).
+
+    An anchor assigner: called as ``assigner(anchors, gt_boxes)`` with the image's (N, 4) xyxy anchors
+    (:class:`kldet.assign.anchors.RFAnchorGenerator`'s, levels concatenated) and (G, 4) xyxy ground truths; returns
+    (N,) long: the ground-truth index, :data:`kldet.assign.anchors.BACKGROUND` or ``IGNORED``.
+
+    Args:
+        topk: (k1, k2) positives per ground truth by the KLD similarity of the anchors (stage 1) and of
+            the anchors shrunk by ``ratio`` (stage 2).
+        ratio: the anchors' shrink factor for stage 2.
+        threshold: the best similarity from which an unpicked anchor is ignored instead of background.
+    """
+
+    topk: tuple[int, int] = _default(hierarchical_kld_assign, "topk")
+    ratio: float = _default(hierarchical_kld_assign, "ratio")
+    threshold: float = _default(hierarchical_kld_assign, "threshold")
+
+    def __post_init__(self) -> None:
+        topk = tuple(int(k) for k in self.topk)
+        if len(topk) != 2 or min(topk) < 0:
+            raise KLDetConfigError(f"HierarchicalKLDAssigner topk={list(self.topk)}: give (k1, k2) >= 0")
+        if self.ratio <= 0:
+            raise KLDetConfigError(f"HierarchicalKLDAssigner ratio={self.ratio}: must be > 0")
+        object.__setattr__(self, "topk", topk)
+
+    def __call__(self, anchors: Tensor, gt_boxes: Tensor) -> Tensor:
+        return hierarchical_kld_assign(
+            anchors, gt_boxes, topk=self.topk, ratio=self.ratio, threshold=self.threshold
         )

@@ -1,4 +1,5 @@
-"""Ali-TSM as the spec defines it, on dense G x N matrices: the readable definition.
+"""Ali-TSM and the hierarchical KLD assigner as the spec defines them, on dense G x N matrices: the
+readable definitions (the hierarchical one is at the end).
 
 :func:`kldet.assign.alitsm_assign` must return exactly what :func:`alitsm_assign_reference` returns; it
 only avoids scoring every (ground truth, prior) pair. The reference needs O(G·N) memory and time (about
@@ -13,7 +14,8 @@ from torch import Tensor
 from torchvision.ops import box_iou
 
 from kldet.assign.alitsm import log_stage1_metric, stage2_metric
-from kldet.boxes import kld, shrink_boxes
+from kldet.assign.anchors import BACKGROUND, IGNORED
+from kldet.boxes import kld, kld_similarity, shrink_boxes
 
 
 def alitsm_assign_reference(
@@ -74,3 +76,32 @@ def _give_to_best(metric: Tensor, picked: Tensor, assigned: Tensor) -> Tensor:
     candidates = metric.masked_fill(~picked, -math.inf)
     is_best = picked & (candidates == candidates.amax(dim=0))
     return torch.where(picked.any(dim=0), is_best.int().argmax(dim=0), assigned)
+
+
+def hierarchical_kld_assign_dense(
+    anchors: Tensor,
+    gt_boxes: Tensor,
+    *,
+    topk: tuple[int, int] = (3, 1),
+    ratio: float = 0.9,
+    threshold: float = 0.8,
+) -> Tensor:
+    """The hierarchical KLD assigner of KLDET_SPEC.md section 9 on dense (G, N) matrices; same arguments
+    and result as :func:`kldet.assign.hierarchical_kld_assign`, without its input checks.
+
+    K1 = KLD similarity of every anchor with every ground truth, K2 = the same for the anchors shrunk by
+    ``ratio``. Per stage: anchors whose best K is below ``threshold`` are background, the others ignored;
+    each ground truth's top-k anchors by K become its positives (ties: lower anchor index; an anchor
+    picked by several ground truths goes to the highest K, then the lower ground-truth index). Final:
+    the stage-1 positive, otherwise the stage-2 result. O(G·N) memory and time: for tests and reading only.
+    """
+    background = torch.full((len(anchors),), BACKGROUND, dtype=torch.long, device=anchors.device)
+    if len(gt_boxes) == 0 or len(anchors) == 0:
+        return background
+    anchors, gt_boxes = anchors.detach().float(), gt_boxes.detach().float()
+    stages = []
+    for boxes, k in ((anchors, topk[0]), (shrink_boxes(anchors, ratio), topk[1])):
+        similarity = kld_similarity(boxes, gt_boxes)  # (G, N)
+        assigned = torch.where(similarity.amax(dim=0) >= threshold, IGNORED, background)
+        stages.append(_give_to_best(similarity, row_topk(similarity, k), assigned))
+    return torch.where(stages[0] >= 0, stages[0], stages[1])

@@ -13,6 +13,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from kldet.boxes import gaussian_kl
+
 
 class GridLevel(NamedTuple):
     """One level of points: indices start .. start + height * width - 1, row-major."""
@@ -150,3 +152,121 @@ def dense_topk(values: Tensor, priors: Tensor, k: int) -> tuple[Tensor, Tensor, 
     per_row = torch.bincount(rows, minlength=len(kth))
     keep = torch.arange(len(rows), device=rows.device) - (per_row.cumsum(0) - per_row)[rows] < k
     return rows[keep], priors.expand_as(values)[rows[keep], columns[keep]], picked_values[keep]
+
+
+def concat_picks(picks: list[tuple[Tensor, Tensor, Tensor]]) -> tuple[Tensor, Tensor, Tensor]:
+    """(ground truths, points, values) picks of several passes concatenated."""
+    gts, points, values = zip(*picks, strict=True)
+    return torch.cat(gts), torch.cat(points), torch.cat(values)
+
+
+class StackedLevels(NamedTuple):
+    """The levels of a grid of priors, with their per-level values stacked for vectorised use."""
+
+    levels: list[GridLevel]
+    starts: Tensor  # (L,) index of the first prior of each level
+    heights: Tensor  # (L,)
+    widths: Tensor  # (L,)
+    xs: Tensor  # (L, max width) column centres, padded with +inf
+    ys: Tensor  # (L, max height) row centres, padded with +inf
+    prior_w: Tensor  # (L,) prior width (with the eps) of each level
+    prior_h: Tensor  # (L,)
+
+
+def stack_levels(levels: list[GridLevel], prior_w: Tensor, prior_h: Tensor) -> StackedLevels:
+    """:class:`StackedLevels` of ``levels`` whose priors have the (L,) sizes ``prior_w`` x ``prior_h``."""
+    device = levels[0].xs.device
+    return StackedLevels(
+        levels=levels,
+        starts=torch.tensor([lv.start for lv in levels], device=device),
+        heights=torch.tensor([lv.height for lv in levels], device=device),
+        widths=torch.tensor([lv.width for lv in levels], device=device),
+        xs=torch.nn.utils.rnn.pad_sequence(
+            [lv.xs for lv in levels], batch_first=True, padding_value=math.inf
+        ),
+        ys=torch.nn.utils.rnn.pad_sequence(
+            [lv.ys for lv in levels], batch_first=True, padding_value=math.inf
+        ),
+        prior_w=prior_w,
+        prior_h=prior_h,
+    )
+
+
+def line_window(
+    centres: Tensor, half_extent: Tensor, lines: Tensor, num_lines: Tensor, radius: int
+) -> tuple[Tensor, Tensor]:
+    """Runs of grid lines about (R,) centres on every level: first index and count, both (R, L).
+
+    A run holds the lines within ``half_extent`` (R, L) of the centre and at least ``radius`` more
+    beyond the two lines that bracket the centre, so all lines before it lie before the centre and all
+    lines after it lie after it. ``lines`` (L, max lines) is padded with +inf, ``num_lines`` is (L,).
+    """
+    centres = centres.expand(len(lines), -1).contiguous()
+    half_extent = half_extent.T
+    nearest = torch.searchsorted(lines, centres)
+    lo = torch.searchsorted(lines, (centres - half_extent).contiguous())
+    hi = torch.searchsorted(lines, (centres + half_extent).contiguous(), right=True)
+    first = torch.minimum(nearest - 1 - radius, lo).clamp(min=0)
+    end = torch.minimum(torch.maximum(nearest + 1 + radius, hi), num_lines[:, None])
+    return first.T, (end - first).T.clamp(min=0)
+
+
+def outside_kl(
+    grid: StackedLevels,
+    gt_geometry: tuple[Tensor, Tensor, Tensor, Tensor],
+    first_row: Tensor,
+    num_rows: Tensor,
+    first_column: Tensor,
+    num_columns: Tensor,
+) -> Tensor:
+    """(R, L) lower bound on KL(prior || g) of the priors outside the windows of R ground truths.
+
+    The nearest column (row) outside the window on each side, put level with the centre on the other
+    axis, has a KL no larger than that of any prior beyond it (the KL is non-decreasing in |dx| and
+    |dy|); +inf where the window covers the level. ``gt_geometry``: cx, cy, w, h, each (R,); the window
+    runs (R, L) as :func:`line_window` gives them.
+    """
+    gt_cx, gt_cy, gt_w, gt_h = gt_geometry
+    outside_column = torch.stack((first_column - 1, first_column + num_columns), dim=-1)
+    outside_row = torch.stack((first_row - 1, first_row + num_rows), dim=-1)
+    level = torch.arange(len(grid.levels), device=gt_cx.device)[:, None]
+    column_x = grid.xs[level, torch.minimum(outside_column.clamp(min=0), grid.widths[:, None] - 1)]
+    row_y = grid.ys[level, torch.minimum(outside_row.clamp(min=0), grid.heights[:, None] - 1)]
+    centre_x = gt_cx[:, None, None].expand(-1, len(level), 2)
+    centre_y = gt_cy[:, None, None].expand(-1, len(level), 2)
+    kl = gaussian_kl(
+        torch.cat((column_x, centre_x), dim=-1),
+        torch.cat((centre_y, row_y), dim=-1),
+        grid.prior_w[:, None],
+        grid.prior_h[:, None],
+        *(t[:, None, None] for t in (gt_cx, gt_cy, gt_w, gt_h)),
+    )
+    exists = torch.cat(
+        (
+            (outside_column >= 0) & (outside_column < grid.widths[:, None]),
+            (outside_row >= 0) & (outside_row < grid.heights[:, None]),
+        ),
+        dim=-1,
+    )
+    return kl.masked_fill(~exists, math.inf).amin(dim=-1)
+
+
+def centred_kl(grid: StackedLevels, gt_geometry: tuple[Tensor, Tensor, Tensor, Tensor]) -> Tensor:
+    """(R, L) KL(prior || g) of each level's prior centred on each of R ground truths (cx, cy, w, h, each
+    (R,)): the lowest KL a prior of that level can have."""
+    gt_cx, gt_cy, gt_w, gt_h = (t[:, None] for t in gt_geometry)
+    return gaussian_kl(gt_cx, gt_cy, grid.prior_w, grid.prior_h, gt_cx, gt_cy, gt_w, gt_h)
+
+
+def offsets_within_kl(
+    grid: StackedLevels, gt_geometry: tuple[Tensor, Tensor, Tensor, Tensor], needed_kl: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Half-sizes (R, L) in x and y of windows outside which every prior has KL(prior || g) > ``needed_kl``
+    (R, L), with a little slack.
+
+    Outside such a window a prior is at least that far off the centre on one axis, so its KL is at least
+    KL(centred prior) + 2 dx^2 / w^2 (or the same in y); solve that for dx. A box with x2 < x1 has a
+    negative width and the Gaussian of its mirror image, so |w| counts.
+    """
+    root = torch.sqrt((needed_kl * 1.01 + 1e-3 - centred_kl(grid, gt_geometry)).clamp(min=0) / 2)
+    return gt_geometry[2].abs()[:, None] * root, gt_geometry[3].abs()[:, None] * root  # abs: flipped boxes

@@ -3,9 +3,10 @@
 kldet-analyze assign format=aitod|dior|coco ann=FILE images=DIR [root=DIR split=NAME] [max_size=800]
                      [per_class=false] [out=DIR] [progress=true]
     "Should I use KLDet on my data?": per AI-TOD size bin, the share of the ground truths that get no
-    positive point and the mean positives per ground truth under FCOS P3-P7, FCOS P2-P6, ATSS P2-P6 and
-    Ali-TSM P2-P6, on the boxes as training scales them (longer side to max_size). Ali-TSM sees the
-    constant classification logit of a freshly initialised head (its choice is then purely geometric).
+    positive point and the mean positives per ground truth under FCOS P3-P7, FCOS P2-P6, ATSS P2-P6,
+    Ali-TSM P2-P6 and the two-stage model's RPN assigner (Hierarchical KLD P2-P6: positive anchors), on
+    the boxes as training scales them (longer side to max_size). Ali-TSM sees the constant
+    classification logit of a freshly initialised head (its choice is then purely geometric).
     Images are opened for their header (size) only, never decoded; out=DIR writes assignment.md,
     assignment.json and assignment.png there.
 kldet-analyze model [model=kldet_r50_caffe|kldet_r50|kldet_r18|fcos_r50] [size=800] [channels=256]

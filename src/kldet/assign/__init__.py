@@ -5,6 +5,7 @@ from kldet.assign.alitsm import alitsm_assign, log_stage1_metric, stage2_metric
 from kldet.assign.assigners import AliTSMAssigner, Assigner, ATSSAssigner, FCOSAssigner, PointGrid, point_grid
 from kldet.assign.atss import atss_assign
 from kldet.assign.fcos import FCOS_REGRESS_RANGES, fcos_assign
+from kldet.assign.max_iou import MaxIoUAnchorAssigner
 from kldet.assign.priors import (
     THEORETICAL_RECEPTIVE_FIELD,
     feature_sizes,
@@ -18,6 +19,7 @@ __all__ = [
     "AliTSMAssigner",
     "Assigner",
     "FCOSAssigner",
+    "MaxIoUAnchorAssigner",
     "PointGrid",
     "FCOS_REGRESS_RANGES",
     "THEORETICAL_RECEPTIVE_FIELD",

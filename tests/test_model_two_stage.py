@@ -311,3 +311,10 @@ def test_presets_use_the_spec_parts():
     assert kldet.roi_head.box_predictor.cls_score.out_features == 21
     assert (kldet.rpn.pre_nms_topk, kldet.rpn.nms_thresh, kldet.rpn.post_nms_topk) == (3000, 0.7, 3000)
     assert isinstance(kldet.backbone.body.layer2[0].bn1, FrozenStatsBatchNorm2d)
+
+
+def test_the_per_part_cost_analysis_says_it_is_for_the_single_stage_model():
+    from kldet.analysis.model import model_costs
+
+    with pytest.raises(KLDetConfigError, match="single-stage KLDet; a TwoStageKLDet"):
+        model_costs(tiny_model(), 128, repeats=0)

@@ -176,8 +176,11 @@ class RoIHead(nn.Module):
         class_logits, box_deltas = class_logits.float(), box_deltas.float()
         positive = (classes > 0).nonzero().squeeze(1)
         own_deltas = box_deltas.view(len(box_deltas), -1, 4)[positive, classes[positive]]
-        loss_box = F.l1_loss(own_deltas, targets[positive], reduction="sum") / max(len(classes), 1)
-        return {"loss_rcnn_cls": F.cross_entropy(class_logits, classes), "loss_rcnn_box": loss_box}
+        # Sums over the sampled RoIs / their number: the mean, and 0 (not NaN) without any RoI.
+        num_sampled = max(len(classes), 1)
+        loss_cls = F.cross_entropy(class_logits, classes, reduction="sum") / num_sampled
+        loss_box = F.l1_loss(own_deltas, targets[positive], reduction="sum") / num_sampled
+        return {"loss_rcnn_cls": loss_cls, "loss_rcnn_box": loss_box}
 
     def detections(
         self,

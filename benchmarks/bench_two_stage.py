@@ -17,6 +17,8 @@ a warm-up), medians of the rest:
   trainable_layers=3)``), the freezing of ours;
 - ours ``faster_rcnn_r50`` (standard anchors 32..512, max-IoU RPN assigner): the issue's target is
   within 1.15x of torchvision;
+- ours ``faster_rcnn_r50`` with RoIAlign ``sampling_ratio=2`` (torchvision's) instead of the spec's 0
+  (adaptive: ceil(side / 7) samples per bin side, many for large RoIs): what the spec's RoIAlign costs;
 - ours ``faster_kldet_r50`` (receptive-field anchors: sides 17.5..277.5, the small P2 anchors match tiny
   objects, so more positives and proposals on P2).
 
@@ -85,8 +87,10 @@ def main() -> None:
             args.num_classes, args.size, frozen=True
         ),
         "ours faster_rcnn_r50 (standard anchors)": faster_rcnn_r50(args.num_classes, weights=None),
+        "ours faster_rcnn_r50, RoIAlign sampling_ratio 2": faster_rcnn_r50(args.num_classes, weights=None),
         "ours faster_kldet_r50 (RF anchors)": faster_kldet_r50(args.num_classes, weights=None),
     }
+    models["ours faster_rcnn_r50, RoIAlign sampling_ratio 2"].roi_head.roi_align.sampling_ratio = 2
     images, targets = synthetic_batch(args.batch, args.size, args.objects, args.num_classes)
     functions = {name: step_functions(model, images, targets) for name, model in models.items()}
     train_times: dict[str, list[float]] = {name: [] for name in models}

@@ -111,6 +111,8 @@ class KLDet(Detector):
         postprocess: candidates, thresholds and NMS of inference (:class:`kldet.model.PostProcess`).
     """
 
+    output_kinds = ("cls_logits", "box_regression", "centerness")
+
     def __init__(
         self,
         backbone: nn.Module,
@@ -135,8 +137,6 @@ class KLDet(Detector):
         self.head = head
         self.assigner = assigner
         self.postprocessor = postprocess
-
-    output_kinds = ("cls_logits", "box_regression", "centerness")
 
     def forward(self, images: Tensor) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
         """Raw maps per level for images (B, 3, H, W): ``cls_logits (B, C, h, w)``, ``box_regression

@@ -10,7 +10,7 @@ EXPERIMENT ?= synthetic
 ARGS ?=
 CKPT ?=
 
-.PHONY: install test lint bench bench-assign bench-model bench-data bench-eval bench-startup bench-predict bench-gpu \
+.PHONY: install test lint bench bench-assign bench-model bench-two-stage bench-data bench-eval bench-startup bench-predict bench-gpu \
 	demo synth train eval sweep tensorboard ablation assignment-stats authors-assignment diagnostics clean
 
 install: $(STAMP)
@@ -67,13 +67,16 @@ diagnostics: install
 authors-assignment: install
 	$(BIN)/python benchmarks/authors_assignment.py $(ARGS)
 
-bench: bench-assign bench-model bench-data bench-eval bench-startup bench-predict
+bench: bench-assign bench-model bench-two-stage bench-data bench-eval bench-startup bench-predict
 
 bench-assign: install
 	$(BIN)/python benchmarks/bench_assign.py
 
 bench-model: install
 	$(BIN)/python benchmarks/bench_model.py --size 512 --batch 2 --iters 3
+
+bench-two-stage: install
+	$(BIN)/python benchmarks/bench_two_stage.py --size 512 --batch 2 --iters 3 --threads 2
 
 bench-data: install
 	$(BIN)/python benchmarks/bench_data.py

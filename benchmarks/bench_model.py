@@ -34,7 +34,7 @@ from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from kldet.assign import AliTSMAssigner, FCOSAssigner
-from kldet.model import KLDet, kldet_resnet_fpn
+from kldet.model import Detector, KLDet, kldet_resnet_fpn
 
 POSTPROCESS = {"score_thresh": 0.05, "nms_thresh": 0.5, "detections_per_img": 3000, "topk_candidates": 3000}
 
@@ -86,8 +86,9 @@ def synthetic_batch(batch: int, size: int, objects: int, num_classes: int, seed:
 
 
 def step_functions(model: torch.nn.Module, images: torch.Tensor, targets) -> tuple[Callable, Callable]:
-    """(training step, inference) closures for either model family."""
-    if isinstance(model, KLDet):
+    """(training step, inference) closures for either model family (a kldet :class:`Detector` takes
+    ImageNet-normalised images; torchvision's detectors normalise themselves)."""
+    if isinstance(model, Detector):
         mean = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
         std = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
         normalised = (images - mean) / std

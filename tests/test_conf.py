@@ -4,6 +4,7 @@ unknown keys are errors, and the groups the README promises can be combined."""
 import contextlib
 import functools
 import io
+import re
 import sys
 from pathlib import Path
 
@@ -229,3 +230,53 @@ def test_experiments_change_only_what_differs_from_their_groups():
         for key, value in _file_values(path).items():
             if key != "name":
                 assert OmegaConf.select(defaults_only, key) != value, (experiment, key, value)
+
+
+@pytest.mark.parametrize("preset", ["faster_kldet_r50", "faster_rcnn_r50", "faster_kldet_r18"])
+def test_two_stage_models_take_an_anchor_assigner_and_the_spec_settings(preset):
+    cfg = job_config(f"model={preset}", "data=dior")
+    model = cfg.model
+    assert "assigner" not in model and model.rpn_assigner._target_ == "kldet.assign.MaxIoUAnchorAssigner"
+    assert (model.rpn_assigner.fg_iou_thresh, model.rpn_assigner.bg_iou_thresh) == (0.7, 0.3)
+    assert (model.rpn_batch_size, model.rpn_positive_fraction, model.rcnn_batch_size) == (256, 0.5, 512)
+    assert (model.rpn_pre_nms_topk, model.rpn_nms_thresh, model.rpn_post_nms_topk) == (3000, 0.7, 3000)
+    post = model.postprocess
+    assert (post._target_, post.score_thresh, post.nms_thresh, post.max_detections) == (
+        "kldet.model.roi_head.RCNNPostProcess",
+        0.05,
+        0.5,
+        3000,
+    )
+    sides = {"faster_rcnn_r50": [32, 64, 128, 256, 512]}.get(preset)
+    assert (model.anchor_sides, model.anchor_fraction) == (sides, 0.5)
+    if preset != "faster_kldet_r18":
+        assert (model.backbone, model.weights, model.style) == ("resnet50", "IMAGENET1K_V1", "pytorch")
+        assert (model.backbone_norm, model.frozen_stages, model.representation_size) == (
+            "frozen_stats_bn",
+            1,
+            1024,
+        )
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.rpn_nms_thresh=1.5", r"model.rpn_nms_thresh=1.5: must be in \[0, 1\]"),
+        ("model.rpn_assigner.fg_iou_thresh=-1", r"model.rpn_assigner.fg_iou_thresh=-1: must be in \[0, 1\]"),
+        ("model.anchor_sides=[0,1,2,3,4]", r"model.anchor_sides=\[0, 1, 2, 3, 4\]: must be > 0"),
+        ("assigner=alitsm", r"model.assigner: unknown key; kldet.model.faster_kldet_r18 takes"),
+    ],
+)
+def test_two_stage_keys_are_validated(monkeypatch, capsys, tmp_path, override, message):
+    # Validation runs before any data is read or model built.
+    with pytest.raises(SystemExit) as exit_info:
+        kldet_train(
+            monkeypatch,
+            "model=faster_kldet_r18",
+            "data=synthetic",
+            f"paths.data_dir={tmp_path}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+            override,
+        )
+    assert exit_info.value.code == 1
+    assert re.search(message, capsys.readouterr().err)

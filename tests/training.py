@@ -30,11 +30,31 @@ TINY = [
     "callbacks.model_summary.max_depth=0",
 ]
 
+# The two-stage model on the same images at their 128 px: 16 channels, a 64-d box head, fewer proposals.
+TINY_TWO_STAGE = [
+    "data=synthetic",
+    *TINY_DATA,
+    "data.batch_size=2",
+    "data.num_workers=0",
+    "data.persistent_workers=false",
+    "model=faster_kldet_r18",
+    "model.channels=16",
+    "model.representation_size=64",
+    "model.rpn_pre_nms_topk=200",
+    "model.rpn_post_nms_topk=200",
+    "model.rcnn_batch_size=64",
+    "trainer=cpu",
+    "logger=csv",
+    "trainer.enable_progress_bar=false",
+    "callbacks.model_summary.max_depth=0",
+]
 
-def tiny_config(data_dir, output_dir, *overrides) -> DictConfig:
-    """The synthetic experiment shrunk, with the run folder at ``output_dir`` (no Hydra run needed)."""
+
+def tiny_config(data_dir, output_dir, *overrides, base=TINY) -> DictConfig:
+    """The synthetic experiment shrunk (or another ``base`` list of overrides, e.g. :data:`TINY_TWO_STAGE`),
+    with the run folder at ``output_dir`` (no Hydra run needed)."""
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=[*TINY, *overrides])
+        cfg = compose("train", overrides=[*base, *overrides])
     with open_dict(cfg):
         cfg.paths = {
             "data_dir": str(data_dir),

@@ -24,7 +24,7 @@ import torch
 from kldet.data.dataset import SIZE_DIVISOR
 from kldet.data.transforms import recorded_resize_policy
 from kldet.errors import KLDetConfigError, KLDetError
-from kldet.model import InputNormalization, KLDet
+from kldet.model import Detector, InputNormalization
 from kldet.spec import instantiate, merge
 
 STATE_PREFIX = "model."
@@ -37,8 +37,9 @@ def load_detector(
     path: str | os.PathLike,
     map_location: str | torch.device = "cpu",
     overrides: dict[str, Any] | None = None,
-) -> tuple[KLDet, dict[str, Any]]:
-    """Build the checkpoint's KLDet, load its weights and put it in eval mode.
+) -> tuple[Detector, dict[str, Any]]:
+    """Build the checkpoint's detector (a :class:`kldet.model.Detector`: KLDet or TwoStageKLDet), load its
+    weights and put it in eval mode.
 
     Args:
         path: a ``.ckpt`` file (see the module docstring for its layout).
@@ -67,8 +68,8 @@ def load_detector(
             model = instantiate(spec)
     except KLDetConfigError as error:
         raise KLDetError(f"checkpoint {path}: its model does not build ({error})") from None
-    if not isinstance(model, KLDet):
-        raise KLDetError(f"checkpoint {path}: its model spec builds a {type(model).__name__}, not a KLDet")
+    if not isinstance(model, Detector):
+        raise KLDetError(f"checkpoint {path}: its model spec builds a {type(model).__name__}, not a detector")
     state = {
         key[len(STATE_PREFIX) :]: value
         for key, value in checkpoint["state_dict"].items()
@@ -100,7 +101,7 @@ def load_detector(
     return model.to(map_location).eval(), meta
 
 
-def backbone_style(model: KLDet) -> str:
+def backbone_style(model: Detector) -> str:
     """The model's backbone style ("caffe" or "pytorch"), which fixes its input normalisation."""
     return getattr(model.backbone, "style", "pytorch")
 
@@ -172,7 +173,7 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 def save_detector(
     path: str | os.PathLike,
-    model: KLDet,
+    model: Detector,
     model_spec: dict[str, Any],
     classes: list[str],
     category_ids: list[int] | None = None,

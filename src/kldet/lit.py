@@ -1,4 +1,5 @@
-"""KLDetModule: the LightningModule that trains and evaluates a :class:`kldet.model.KLDet`.
+"""KLDetModule: the LightningModule that trains and evaluates a :class:`kldet.model.Detector` (the
+single-stage :class:`kldet.model.KLDet` or the two-stage :class:`kldet.model.TwoStageKLDet`).
 
 Lightning owns devices, DDP, AMP, gradient clipping, checkpoints and loggers; this module owns the
 steps and builds the detector, the optimiser and the learning-rate schedule from their specs
@@ -29,7 +30,7 @@ from kldet.data.transforms import recorded_resize_policy
 from kldet.errors import KLDetConfigError, KLDetError
 from kldet.evaluation import LRP_KEYS, DetectionMetric, sample_ground_truth
 from kldet.inference.render import draw_validation_image
-from kldet.model import InputNormalization, KLDet
+from kldet.model import Detector, InputNormalization
 from kldet.optim import param_groups, scaled_lr
 from kldet.spec import instantiate
 
@@ -61,7 +62,7 @@ def _plain(value: Any) -> Any:
 
 
 class KLDetModule(L.LightningModule):
-    """Trains, validates and tests a :class:`~kldet.model.KLDet` held as ``self.model``.
+    """Trains, validates and tests a :class:`~kldet.model.Detector` held as ``self.model``.
 
     It has no ``predict_step``: inference is :class:`kldet.inference.Predictor` (kldet-predict), the one
     path that tiles and resizes as the checkpoint says.
@@ -113,7 +114,7 @@ class KLDetModule(L.LightningModule):
         preprocess: Mapping[str, Any] | None = None,
         num_logged_images: int = 4,
         channels_last: bool = False,
-        detector: KLDet | None = None,
+        detector: Detector | None = None,
     ) -> None:
         super().__init__()
         model = _plain(model)
@@ -146,8 +147,8 @@ class KLDetModule(L.LightningModule):
         self._optimizer = instantiate(self.hparams["optimizer"], allowed=None)
         self._scheduler = instantiate(self.hparams["scheduler"], allowed=None)
         self.model = instantiate(self.hparams["model"]) if detector is None else detector
-        if not isinstance(self.model, KLDet):
-            raise KLDetConfigError(f"model._target_={model.get('_target_')!r} builds no KLDet")
+        if not isinstance(self.model, Detector):
+            raise KLDetConfigError(f"model._target_={model.get('_target_')!r} builds no detector")
         # One small zero image (S a multiple of 64, as every level needs) for Lightning's model summary,
         # which then counts FLOPs; a plain attribute, so no state_dict entry and never moved with the module.
         self.example_input_array = torch.zeros((1, 3, EXAMPLE_INPUT_SIZE, EXAMPLE_INPUT_SIZE))
@@ -186,7 +187,7 @@ class KLDetModule(L.LightningModule):
         return InputNormalization.from_preprocess(self.hparams["preprocess"], backbone_style(self.model))
 
     def forward(self, images: Tensor) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
-        """Raw per-level maps of the detector (see :meth:`kldet.model.KLDet.forward`)."""
+        """Raw per-level outputs of the detector (see :meth:`kldet.model.KLDet.forward`)."""
         return self.model(images)
 
     def setup(self, stage: str) -> None:

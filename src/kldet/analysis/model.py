@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from kldet.errors import KLDetConfigError
 from kldet.model import KLDet, ResNetFPN
 
 
@@ -68,6 +69,11 @@ def model_costs(model: KLDet, image_size: int, repeats: int = 3) -> list[PartCos
         0: the head is shared), "head (shared)" (its parameters, the sum of the level rows' FLOPs and
         seconds), then "total": the whole forward measured on its own (parameters of the whole model).
     """
+    if not isinstance(model, KLDet):
+        raise KLDetConfigError(
+            f"model costs per part are for the single-stage KLDet; a {type(model).__name__} has other parts "
+            "(benchmarks/bench_two_stage.py times the two-stage model)"
+        )
     if not isinstance(model.backbone, ResNetFPN):
         raise TypeError(f"model_costs needs a ResNetFPN backbone, got {type(model.backbone).__name__}")
     model.eval()

@@ -15,6 +15,7 @@ from kldet.assign.assigners import (
 from kldet.assign.atss import atss_assign
 from kldet.assign.fcos import FCOS_REGRESS_RANGES, fcos_assign
 from kldet.assign.hierarchical import hierarchical_kld_assign
+from kldet.assign.max_iou import MaxIoUAnchorAssigner
 from kldet.assign.priors import (
     THEORETICAL_RECEPTIVE_FIELD,
     feature_sizes,
@@ -29,6 +30,7 @@ __all__ = [
     "Assigner",
     "FCOSAssigner",
     "HierarchicalKLDAssigner",
+    "MaxIoUAnchorAssigner",
     "PointGrid",
     "FCOS_REGRESS_RANGES",
     "THEORETICAL_RECEPTIVE_FIELD",

@@ -83,7 +83,7 @@ def export(config: ExportConfig) -> Path:
             f"pixels 0..255 and mean, std in {normalization.channel_order} order, zero-padded to a multiple of 32",
             **normalization.as_preprocess(),
         },
-        "outputs": output_names(len(model.strides)),
+        "outputs": output_names(model),
         "strides": list(model.strides),
         "classes": meta["classes"],
         "category_ids": meta["category_ids"],

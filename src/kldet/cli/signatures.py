@@ -5,7 +5,8 @@ the Python it configures.
 
 - ``signatures/model/<preset>``: the ``_target_`` of a builder of :data:`kldet.model.PRESETS` and every
   keyword of it with its default (the ``postprocess`` default as a nested :class:`kldet.model.PostProcess`
-  node); ``num_classes`` comes from the data, ``assigner`` from the assigner group;
+  node); ``num_classes`` comes from the data, ``assigner`` (``rpn_assigner`` of a two-stage model) from
+  the assigner group;
 - ``signatures/assigner/<name>``: an assigner class of :data:`ASSIGNERS` with its fields;
 - ``signatures/scheduler/warmup_multistep``: :class:`kldet.optim.WarmupMultiStep`;
 - ``signatures/data``: :class:`kldet.datamodule.KLDetDataModule` (its ``normalization`` follows the model);
@@ -32,6 +33,7 @@ ASSIGNERS = {
     "alitsm": "kldet.assign.AliTSMAssigner",
     "fcos": "kldet.assign.FCOSAssigner",
     "atss": "kldet.assign.ATSSAssigner",
+    "max_iou": "kldet.assign.MaxIoUAnchorAssigner",
 }
 #: KLDetModule arguments that are not settings: the data module and the other groups give them.
 MODULE_INPUTS = ("model", "classes", "category_ids", "optimizer", "scheduler", "preprocess", "detector")
@@ -68,7 +70,7 @@ def register() -> None:
     """Stores the ``signatures`` nodes in Hydra's ConfigStore (again: the same nodes)."""
     store = ConfigStore.instance()
     for name in PRESETS:
-        node = signature_node(f"kldet.model.{name}", exclude=("num_classes", "assigner"))
+        node = signature_node(f"kldet.model.{name}", exclude=("num_classes", "assigner", "rpn_assigner"))
         store.store(group="signatures/model", name=name, node=node)
     for name, target in ASSIGNERS.items():
         store.store(group="signatures/assigner", name=name, node=signature_node(target))

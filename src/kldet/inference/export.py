@@ -1,11 +1,16 @@
 """Export the detector's raw forward pass to TorchScript, ONNX or a ``torch.export`` program (.pt2).
 
-What is exported is :meth:`kldet.model.KLDet.forward` with its outputs flattened to one tuple of 3L
-tensors for L pyramid levels, in this order (names as in the ONNX graph)::
+What is exported is the detector's ``forward`` with its three per-level lists flattened to one tuple of
+3L tensors for L pyramid levels, named after the model's ``output_kinds``. For :class:`kldet.model.KLDet`,
+in this order (names as in the ONNX graph)::
 
     cls_logits_0 .. cls_logits_{L-1}      (B, C, h_l, w_l)
     box_regression_0 .. _{L-1}            (B, 4, h_l, w_l)   l, t, r, b in stride units
     centerness_0 .. centerness_{L-1}      (B, 1, h_l, w_l)   logits
+
+and for :class:`kldet.model.TwoStageKLDet` its convolutional part: ``features_l`` (B, channels, h_l, w_l)
+(the pyramid), ``objectness_l`` (B, A, h_l, w_l) and ``rpn_deltas_l`` (B, 4A, h_l, w_l). The proposals, the
+RoI head and the NMS then run in Python, in ``model.postprocess``.
 
 Inputs are normalised (B, 3, H, W) float32 images zero-padded to a multiple of 32 (see
 :meth:`kldet.inference.predictor.Predictor.preprocess`). Post-processing (decode, score threshold,
@@ -28,45 +33,46 @@ import torch
 from torch import Tensor, nn
 
 from kldet.errors import KLDetConfigError
-from kldet.model import KLDet
+from kldet.model import Detector
 
-OUTPUT_KINDS = ("cls_logits", "box_regression", "centerness")
 FORMATS = ("torchscript", "onnx", "pt2")
 
 
 class FlatForward(nn.Module):
-    """``KLDet.forward`` returning a flat tuple of 3L tensors (see the module docstring)."""
+    """A detector's ``forward`` returning a flat tuple of 3L tensors (see the module docstring)."""
 
-    def __init__(self, model: KLDet) -> None:
+    def __init__(self, model: Detector) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, images: Tensor) -> tuple[Tensor, ...]:
-        cls_logits, box_regression, centerness = self.model(images)
-        return (*cls_logits, *box_regression, *centerness)
+        first, second, third = self.model(images)
+        return (*first, *second, *third)
 
 
-def output_names(num_levels: int) -> list[str]:
-    """Names of the 3L flat outputs: ``cls_logits_0``, ..., ``centerness_{L-1}``."""
-    return [f"{kind}_{level}" for kind in OUTPUT_KINDS for level in range(num_levels)]
+def output_names(model: Detector) -> list[str]:
+    """Names of the 3L flat outputs: ``<kind>_<level>`` for the model's ``output_kinds``, e.g.
+    ``cls_logits_0``, ..., ``centerness_{L-1}``."""
+    return [f"{kind}_{level}" for kind in model.output_kinds for level in range(len(model.strides))]
 
 
 def split_outputs(outputs: Sequence[Tensor]) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
-    """Flat 3L outputs of an exported model -> ``(cls_logits, box_regression, centerness)`` lists of L."""
+    """Flat 3L outputs of an exported model -> its three lists of L (``(cls_logits, box_regression,
+    centerness)`` for KLDet)."""
     if len(outputs) % 3:
         raise ValueError(f"expected 3 outputs per pyramid level, got {len(outputs)}")
     num_levels = len(outputs) // 3
     return tuple(list(outputs[i * num_levels : (i + 1) * num_levels]) for i in range(3))
 
 
-def smallest_input_size(model: KLDet) -> int:
+def smallest_input_size(model: Detector) -> int:
     """The smallest image side the network takes: a multiple of 32 with two cells on its coarsest level
     (96 for P2-P6, whose top stride is 64)."""
     return model.strides[-1] + 32
 
 
 def export_model(
-    model: KLDet,
+    model: Detector,
     path: str | os.PathLike,
     format: str = "torchscript",
     image_size: tuple[int, int] = (800, 800),
@@ -117,7 +123,7 @@ def export_model(
                 (example,),
                 str(path),
                 input_names=["images"],
-                output_names=output_names(len(model.strides)),
+                output_names=output_names(model),
                 opset_version=opset,
                 dynamic_shapes=dynamic,
                 external_data=False,

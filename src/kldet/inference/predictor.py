@@ -29,7 +29,7 @@ from kldet.inference.precision import autocast, resolve_precision
 from kldet.inference.sliced import sliced_predict, tile_count
 from kldet.inference.sources import ArraySource, ResizedSource
 from kldet.inference.types import Detections, ImageSource, Source
-from kldet.model import InputNormalization, KLDet
+from kldet.model import Detector, InputNormalization
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ RESIZE_MODES = ("none", "train")
 
 
 class Predictor:
-    """Sliced inference with a KLDet.
+    """Sliced inference with a detector (:class:`kldet.model.KLDet` or :class:`kldet.model.TwoStageKLDet`).
 
     Args:
         model: the detector (its score threshold, per-tile NMS and per-tile cap apply to each tile).
@@ -65,7 +65,7 @@ class Predictor:
 
     def __init__(
         self,
-        model: KLDet,
+        model: Detector,
         classes: Sequence[str],
         category_ids: Sequence[int],
         *,

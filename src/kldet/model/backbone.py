@@ -1,9 +1,11 @@
 """ResNet + FPN feature extractor: C2..C5 of a torchvision ResNet -> pyramid levels P_first..P_last.
 
 Level ``k`` has stride ``2**k``. Levels 2..5 come from the FPN over C2..C5 (only the ones at or above
-the first requested level are built); levels 6 and 7 are extra stride-2 convs, the first on the P5
-*output*, each further one on the ReLU of the previous (FCOS / mmdet ``add_extra_convs="on_output"``
-with ``relu_before_extra_convs``). P6 is therefore the conv of P5 itself, with no ReLU in between.
+the first requested level are built); levels 6 and 7 are, with ``extra_levels="conv"``, extra stride-2
+convs, the first on the P5 *output*, each further one on the ReLU of the previous (FCOS / mmdet
+``add_extra_convs="on_output"`` with ``relu_before_extra_convs``): P6 is the conv of P5 itself, with no
+ReLU in between. With ``extra_levels="maxpool"`` (Faster R-CNN, mmdet ``add_extra_convs=False``) P6 is P5
+subsampled with stride 2 (torchvision's ``LastLevelMaxPool``: max-pool, kernel 1), and there is no P7.
 
 Two ResNet styles (MMDetection's ``style``): "pytorch" (torchvision: the stride-2 of each stage's first
 bottleneck is on its 3x3 conv) and "caffe" (Detectron: on its first 1x1 conv). The style also fixes the
@@ -22,7 +24,7 @@ from torch import Tensor, nn
 from torchvision.models import get_model_weights, resnet
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops import FeaturePyramidNetwork
-from torchvision.ops.feature_pyramid_network import ExtraFPNBlock
+from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from kldet.errors import KLDetConfigError
@@ -170,13 +172,27 @@ def load_resnet_weights(model: resnet.ResNet, name: str, path: Path) -> None:
     model.load_state_dict(state, strict=False)
 
 
+class FrozenStatsBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm that always normalises with its running statistics (never updates them, in train mode
+    too) but keeps a trainable affine weight and bias: MMDetection's ``norm_eval=True`` with
+    ``requires_grad=True``, the two-stage KLDet's backbone norm (KLDET_SPEC.md section 9)."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        return F.batch_norm(
+            input, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+        )
+
+
 # Frozen statistics suit pretrained weights; a backbone trained from random weights needs a norm that
 # learns (plain BatchNorm, or GroupNorm for small batches), else activations are never normalised.
 NORM_LAYERS = {
     "frozen_bn": FrozenBatchNorm2d,
+    "frozen_stats_bn": FrozenStatsBatchNorm2d,
     "bn": nn.BatchNorm2d,
     "gn": functools.partial(nn.GroupNorm, 32),
 }
+#: How the levels above P5 are made (see the module docstring).
+EXTRA_LEVEL_KINDS = ("conv", "maxpool")
 
 
 def build_resnet(
@@ -253,11 +269,14 @@ class ResNetFPN(nn.Module):
         levels: consecutive pyramid levels to output, e.g. (2, 3, 4, 5, 6).
         frozen_stages: -1 none, 0 stem, k stem + layer1..layerk.
         channels: channels of every pyramid level.
-        norm: "frozen_bn" (frozen statistics and affine, for pretrained weights), "bn" or "gn" (trained,
+        norm: "frozen_bn" (frozen statistics and affine, for pretrained weights), "frozen_stats_bn"
+            (frozen statistics, trainable affine: :class:`FrozenStatsBatchNorm2d`), "bn" or "gn" (trained,
             for a backbone that starts from random weights).
         style: "pytorch" (stride on the 3x3 conv) or "caffe" (stride on the first 1x1 conv; bottleneck
             ResNets only). It must match the weights, and fixes the input normalisation
             (:func:`kldet.model.normalization.input_normalization`).
+        extra_levels: "conv" (stride-2 convs, up to P7) or "maxpool" (P6 = P5 max-pooled with kernel 1,
+            stride 2; at most P6), see the module docstring.
 
     ``forward(images (B, 3, H, W)) -> [(B, channels, ceil(H / 2**k), ceil(W / 2**k)) for k in levels]``;
     ``strides`` (2**k per level) and ``channels`` say what it gives (what :class:`kldet.model.KLDet` reads).
@@ -272,9 +291,19 @@ class ResNetFPN(nn.Module):
         channels: int = 256,
         norm: str = "frozen_bn",
         style: str = "pytorch",
+        extra_levels: str = "conv",
     ) -> None:
         super().__init__()
         self.levels = check_levels(levels)
+        num_extra = self.levels[-1] - BACKBONE_LEVELS[-1]
+        if extra_levels not in EXTRA_LEVEL_KINDS:
+            raise KLDetConfigError(
+                f"extra_levels={extra_levels!r}: choose one of {', '.join(EXTRA_LEVEL_KINDS)}"
+            )
+        if extra_levels == "maxpool" and num_extra > 1:
+            raise KLDetConfigError(
+                f"fpn_levels={self.levels}: extra_levels=maxpool makes only P6; end the levels at 5 or 6"
+            )
         self.strides = tuple(2**level for level in self.levels)
         self.channels = channels
         self.style = style
@@ -283,11 +312,14 @@ class ResNetFPN(nn.Module):
         inputs = [level for level in BACKBONE_LEVELS if level >= self.levels[0]]
         expansion = body.layer1[0].expansion
         self.body = IntermediateLayerGetter(body, {f"layer{level - 1}": f"c{level}" for level in inputs})
-        num_extra = self.levels[-1] - BACKBONE_LEVELS[-1]
+        if not num_extra:
+            extra_blocks = None
+        elif extra_levels == "maxpool":
+            extra_blocks = LastLevelMaxPool()
+        else:
+            extra_blocks = ExtraLevels(num_extra, channels)
         self.fpn = FeaturePyramidNetwork(
-            [64 * expansion * 2 ** (level - 2) for level in inputs],
-            channels,
-            extra_blocks=ExtraLevels(num_extra, channels) if num_extra else None,
+            [64 * expansion * 2 ** (level - 2) for level in inputs], channels, extra_blocks=extra_blocks
         )
         for module in self.fpn.modules():
             if isinstance(module, nn.Conv2d):

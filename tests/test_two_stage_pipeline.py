@@ -1,0 +1,102 @@
+"""The two-stage KLDet downstream, unchanged: kldet-train (fast_dev_run and one epoch), the checkpoint,
+the Predictor (tiled), kldet-export (the convolutional part, post-processing in Python) and kldet-eval."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from kldet.checkpoint import load_detector
+from kldet.cli.evaluate import main as kldet_eval
+from kldet.cli.export import main as export_main
+from kldet.cli.train import train
+from kldet.inference import Predictor
+from kldet.inference.export import split_outputs
+from kldet.model import TwoStageKLDet
+from training import TINY_DATA, TINY_TWO_STAGE, kldet_train, tiny_config
+
+pytestmark = pytest.mark.usefixtures("quiet_single_thread")
+
+
+def test_fast_dev_run_of_the_two_stage_model(monkeypatch, tmp_path, data_dir):
+    run_dir = tmp_path / "run"
+    kldet_train(
+        monkeypatch,
+        *TINY_TWO_STAGE,
+        "trainer.fast_dev_run=true",
+        f"paths.data_dir={data_dir}",
+        f"hydra.run.dir={run_dir}",
+    )
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    losses = {"train/loss_rpn_cls", "train/loss_rpn_box", "train/loss_rcnn_cls", "train/loss_rcnn_box"}
+    assert {"train/loss", *losses, "val/AP", "test/AP50"} <= set(metrics)
+    config = (run_dir / ".hydra" / "config.yaml").read_text()
+    assert "rpn_assigner" in config and "kldet.assign.MaxIoUAnchorAssigner" in config
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, data_dir):
+    out = tmp_path_factory.mktemp("two_stage")
+    cfg = tiny_config(
+        data_dir,
+        out,
+        "trainer.max_epochs=1",
+        "trainer.check_val_every_n_epoch=1",
+        "test=false",
+        base=TINY_TWO_STAGE,
+    )
+    train(cfg)
+    return out / "checkpoints" / "last.ckpt"
+
+
+def test_checkpoint_loads_and_the_predictor_tiles_an_image(checkpoint):
+    model, meta = load_detector(checkpoint)
+    assert isinstance(model, TwoStageKLDet) and meta["model"]["_target_"] == "kldet.model.faster_kldet_r18"
+    assert meta["preprocess"]["channel_order"] == "RGB"
+    predictor = Predictor.from_checkpoint(
+        checkpoint, score_thresh=0.0, nms_thresh=0.6, tile_size=96, overlap=0.2, precision="fp32"
+    )
+    assert predictor.model.postprocessor.score_thresh == 0.0 and predictor.iou_thresh == 0.6
+    rgb = np.random.default_rng(0).integers(0, 255, (150, 200, 3), dtype=np.uint8)
+    detections = predictor.predict_image(rgb)
+    assert set(detections) >= {"boxes", "scores", "labels"} and len(detections["boxes"]) > 0
+    boxes = detections["boxes"]
+    assert (boxes[:, 0] >= 0).all() and (boxes[:, 2] <= 200).all() and (boxes[:, 3] <= 150).all()
+    assert (detections["labels"] >= 0).all() and (detections["labels"] < model.num_classes).all()
+
+
+def test_export_of_the_convolutional_part_with_postprocess_in_python(checkpoint, tmp_path):
+    out = tmp_path / "model.pt2"
+    assert export_main([f"ckpt={checkpoint}", "format=pt2", f"out={out}", "image_size=128"]) == 0
+    sidecar = json.loads((tmp_path / "model.pt2.json").read_text())
+    assert sidecar["outputs"][::5] == ["features_0", "objectness_0", "rpn_deltas_0"]
+    assert sidecar["postprocess"] == {"score_thresh": 0.05, "nms_thresh": 0.5, "max_detections": 3000}
+    model, _ = load_detector(checkpoint, overrides={"postprocess": {"score_thresh": 0.0}})
+    exported = torch.export.load(str(out)).module()
+    images = torch.randn(2, 3, 128, 96)
+    sizes = [(128, 90), (100, 96)]
+    with torch.no_grad():
+        outputs = split_outputs(exported(images))
+        detections = model.postprocess(*outputs, (128, 96), sizes)
+    eager = model.predict(images, sizes)
+    for ours, theirs in zip(detections, eager, strict=True):
+        assert len(theirs["boxes"]) > 0
+        torch.testing.assert_close(ours["boxes"], theirs["boxes"], atol=1e-3, rtol=1e-4)
+        torch.testing.assert_close(ours["labels"], theirs["labels"])
+
+
+def test_kldet_eval_checkpoint_mode(checkpoint, capsys, data_dir):
+    capsys.readouterr()
+    code = kldet_eval(
+        [
+            f"ckpt={checkpoint}",
+            "data=synthetic",
+            *TINY_DATA,
+            "data.num_workers=0",
+            f"paths.data_dir={data_dir}",
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    written = json.loads((checkpoint.parent / "metrics_test.json").read_text())
+    assert {"AP", "AP50"} <= set(written)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torchvision.ops import box_iou, roi_align
 
+from kldet.assign import HierarchicalKLDAssigner
 from kldet.assign.anchors import BACKGROUND, IGNORED
 from kldet.assign.max_iou import MaxIoUAnchorAssigner
 from kldet.errors import KLDetConfigError
@@ -231,8 +232,11 @@ def test_forward_gives_the_pyramid_objectness_and_deltas_per_level():
     assert model.strides == (4, 8, 16, 32, 64) and model.num_classes == 3
 
 
-def test_tiny_model_overfits_one_image():
-    model = tiny_model()
+@pytest.mark.parametrize(
+    "rpn_assigner", [HierarchicalKLDAssigner(), MaxIoUAnchorAssigner()], ids=["hkld", "max_iou"]
+)
+def test_tiny_model_overfits_one_image(rpn_assigner):
+    model = tiny_model(rpn_assigner=rpn_assigner)
     image = synthetic_image()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     history = []

@@ -136,7 +136,18 @@ def composed_train(*overrides):
     return cfg
 
 
-@pytest.mark.parametrize("experiment", ["synthetic", "aitod_r50", "aitod_fcos_r50", "dior_r50"])
+@pytest.mark.parametrize(
+    "experiment",
+    [
+        "synthetic",
+        "aitod_r50",
+        "aitod_fcos_r50",
+        "dior_r50",
+        "dior_faster_r50",
+        "aitod_faster_r50",
+        "synthetic_faster",
+    ],
+)
 def test_every_experiment_passes_validation(experiment):
     validate_config(composed_train(f"experiment={experiment}", "logger=csv", "trainer=ddp"))
 

@@ -6,11 +6,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from kldet.checkpoint import load_detector
 from kldet.cli.evaluate import main as kldet_eval
 from kldet.cli.export import main as export_main
 from kldet.cli.train import train
+from kldet.data.synthetic import generate
 from kldet.inference import Predictor
 from kldet.inference.export import split_outputs
 from kldet.model import TwoStageKLDet
@@ -32,7 +34,85 @@ def test_fast_dev_run_of_the_two_stage_model(monkeypatch, tmp_path, data_dir):
     losses = {"train/loss_rpn_cls", "train/loss_rpn_box", "train/loss_rcnn_cls", "train/loss_rcnn_box"}
     assert {"train/loss", *losses, "val/AP", "test/AP50"} <= set(metrics)
     config = (run_dir / ".hydra" / "config.yaml").read_text()
-    assert "rpn_assigner" in config and "kldet.assign.MaxIoUAnchorAssigner" in config
+    assert "rpn_assigner" in config and "kldet.assign.HierarchicalKLDAssigner" in config
+
+
+# The DIOR experiment shrunk to seconds: its data, metric and schedule, a small random-weight network.
+SMALL_DIOR_NETWORK = [
+    "model.weights=null",
+    "model.backbone=resnet18",
+    "model.backbone_norm=bn",
+    "model.frozen_stages=-1",
+    "model.channels=16",
+    "model.representation_size=64",
+    "model.rpn_pre_nms_topk=200",
+    "model.rpn_post_nms_topk=200",
+    "model.rcnn_batch_size=64",
+]
+
+
+def test_fast_dev_run_of_the_dior_experiment_on_dior_layout_data(monkeypatch, tmp_path):
+    root = tmp_path / "dior"
+    generate(root, num_images=6, seed=3, image_size=128, format="dior")
+    run_dir = tmp_path / "run"
+    kldet_train(
+        monkeypatch,
+        "experiment=dior_faster_r50",
+        *SMALL_DIOR_NETWORK,
+        f"data.root={root}",
+        "data.train_split=train",
+        "data.val_split=val",
+        "data.test_split=val",
+        "data.batch_size=2",
+        "data.num_workers=0",
+        "data.persistent_workers=false",
+        "trainer=cpu",
+        "trainer.fast_dev_run=true",
+        "logger=csv",
+        "trainer.enable_progress_bar=false",
+        f"hydra.run.dir={run_dir}",
+    )
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    # DIOR's VOC metric (val/mAP, the area under the curve, and the 11-point val/mAP_07) and the RPN losses.
+    assert {"val/mAP", "val/mAP_07", "test/mAP", "train/loss_rpn_cls"} <= set(metrics)
+    config = (run_dir / ".hydra" / "config.yaml").read_text()
+    assert "kldet.model.faster_kldet_r50" in config and "kldet.assign.HierarchicalKLDAssigner" in config
+
+
+@pytest.mark.parametrize("experiment", ["dior_faster_r50", "aitod_faster_r50"])
+def test_the_two_stage_experiments_have_the_spec_section_9_schedule(monkeypatch, capsys, experiment):
+    capsys.readouterr()
+    kldet_train(monkeypatch, "--cfg", "job", f"experiment={experiment}")
+    cfg = OmegaConf.create(capsys.readouterr().out)
+    assert cfg.model._target_ == "kldet.model.faster_kldet_r50" and cfg.model.weights == "IMAGENET1K_V1"
+    assert cfg.model.rpn_assigner == {
+        "_target_": "kldet.assign.HierarchicalKLDAssigner",
+        "topk": [3, 1],
+        "ratio": 0.9,
+        "threshold": 0.8,
+    }
+    assert "assigner" not in cfg.model  # no point assigner beside the RPN's
+    # Batch 8, SGD lr 0.01 momentum 0.9 wd 1e-4 on every parameter, linear warm-up 5,000 updates from
+    # 0.001x, x0.1 after epochs 8 and 11, 12 epochs, no clipping.
+    assert (cfg.data.batch_size, cfg.module.base_batch_size) == (8, 8)
+    assert (cfg.optimizer.lr, cfg.optimizer.momentum, cfg.optimizer.weight_decay) == (0.01, 0.9, 1e-4)
+    assert (cfg.module.bias_lr_factor, cfg.module.bias_weight_decay, cfg.module.norm_weight_decay) == (
+        1,
+        1e-4,
+        1e-4,
+    )
+    assert (cfg.scheduler.warmup, cfg.scheduler.warmup_steps, cfg.scheduler.warmup_factor) == (
+        "linear",
+        5000,
+        0.001,
+    )
+    assert (list(cfg.scheduler.milestones), cfg.scheduler.gamma, cfg.trainer.max_epochs) == ([8, 11], 0.1, 12)
+    assert cfg.trainer.gradient_clip_val is None and cfg.trainer.precision == "32-true"
+    dior = experiment == "dior_faster_r50"
+    assert (cfg.data.format, cfg.module.metric) == (("dior", "voc") if dior else ("aitod", cfg.module.metric))
+    assert (cfg.data.train_split, cfg.data.val_split, cfg.data.filter_empty_gt) == ("trainval", "test", True)
+    if not dior:
+        assert cfg.module.metric != "voc" and cfg.monitor == "val/AP"
 
 
 @pytest.fixture(scope="module")

@@ -34,6 +34,7 @@ ASSIGNERS = {
     "fcos": "kldet.assign.FCOSAssigner",
     "atss": "kldet.assign.ATSSAssigner",
     "max_iou": "kldet.assign.MaxIoUAnchorAssigner",
+    "hierarchical_kld": "kldet.assign.HierarchicalKLDAssigner",
 }
 #: KLDetModule arguments that are not settings: the data module and the other groups give them.
 MODULE_INPUTS = ("model", "classes", "category_ids", "optimizer", "scheduler", "preprocess", "detector")

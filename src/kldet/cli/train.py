@@ -54,20 +54,23 @@ log = logging.getLogger(__name__)
 signatures.register()
 
 
-def prepare_synthetic(root: str | Path, settings: Mapping[str, Any]) -> None:
-    """Writes the synthetic data set to ``root`` unless one with the same ``settings`` is there.
+def prepare_synthetic(root: str | Path, settings: Mapping[str, Any], format: str = "aitod") -> None:
+    """Writes the synthetic data set to ``root`` in ``format`` ("aitod" or "dior", the data config's)
+    unless one with the same ``settings`` is there.
 
     ``settings`` are :func:`kldet.data.synthetic.generate` arguments (num_images, seed, image_size,
-    val_fraction); they are stored in ``root/synthetic.json`` to recognise the set later.
+    val_fraction); they and a "dior" format are stored in ``root/synthetic.json`` to recognise the set later.
     """
     root = Path(root)
     stamp = root / "synthetic.json"
     settings = dict(settings)
-    if stamp.is_file() and json.loads(stamp.read_text()) == settings:
+    # The AI-TOD layout's stamp stays what it was, so existing sets are not written again.
+    recorded = settings if format == "aitod" else {**settings, "format": format}
+    if stamp.is_file() and json.loads(stamp.read_text()) == recorded:
         return
     log.info("writing the synthetic data set to %s", root)
-    generate(root, format="aitod", progress=True, **settings)
-    stamp.write_text(json.dumps(settings) + "\n")
+    generate(root, format=format, progress=True, **settings)
+    stamp.write_text(json.dumps(recorded) + "\n")
 
 
 def build_datamodule(cfg: DictConfig, normalization: Mapping[str, Any] | None = None) -> KLDetDataModule:
@@ -77,7 +80,7 @@ def build_datamodule(cfg: DictConfig, normalization: Mapping[str, Any] | None = 
     checkpoint's), by default as the input of ``cfg.model.style``'s backbone.
     """
     if cfg.get("synthetic"):
-        prepare_synthetic(cfg.data.root, cfg.synthetic)
+        prepare_synthetic(cfg.data.root, cfg.synthetic, cfg.data.format)
     if normalization is None:
         normalization = input_normalization(cfg.model.get("style", "pytorch")).as_preprocess()
     return instantiate(cfg.data, normalization=dict(normalization))

@@ -26,7 +26,7 @@ import functools
 from collections.abc import Sequence
 
 from kldet.assign.anchors import RFAnchorGenerator
-from kldet.assign.assigners import AliTSMAssigner, Assigner, FCOSAssigner
+from kldet.assign.assigners import AliTSMAssigner, Assigner, FCOSAssigner, HierarchicalKLDAssigner
 from kldet.assign.max_iou import MaxIoUAnchorAssigner
 from kldet.model.attention import TaskLevelAttention
 from kldet.model.backbone import ResNetFPN
@@ -103,7 +103,7 @@ fcos_r50.__doc__ = """The FCOS baseline: ResNet-50 FPN P3..P7, no task-level att
 
 def two_stage_resnet_fpn(
     num_classes: int,
-    rpn_assigner: AnchorAssigner = MaxIoUAnchorAssigner(),
+    rpn_assigner: AnchorAssigner = HierarchicalKLDAssigner(),
     *,
     backbone: str = "resnet50",
     weights: str | None = None,
@@ -129,7 +129,8 @@ def two_stage_resnet_fpn(
     Args:
         num_classes: C, object classes (labels 0..C-1).
         rpn_assigner: the RPN's anchor assigner, ``assigner(anchors (N, 4), gt_boxes (G, 4)) -> (N,)``
-            (default the max-IoU rule, :class:`kldet.assign.max_iou.MaxIoUAnchorAssigner`).
+            (default the spec's hierarchical KLD assigner, :class:`kldet.assign.HierarchicalKLDAssigner`;
+            :class:`kldet.assign.MaxIoUAnchorAssigner` is the standard IoU rule).
         backbone, weights, style, frozen_stages: see :class:`kldet.model.ResNetFPN`.
         backbone_norm: the backbone's normalisation ("frozen_stats_bn": BatchNorm statistics frozen,
             affine trained, as the spec; "frozen_bn", "bn", "gn").
@@ -183,11 +184,14 @@ def two_stage_resnet_fpn(
 
 faster_kldet_r50 = functools.partial(two_stage_resnet_fpn, weights="IMAGENET1K_V1")
 faster_kldet_r50.__doc__ = """The paper's two-stage KLDet (KLDET_SPEC.md section 9): torchvision's ResNet-50
-(ImageNet weights IMAGENET1K_V1 from torchvision's cache), receptive-field anchors. The RPN assigner is
-the max-IoU rule for now (the spec's is the hierarchical KLD assigner)."""
+(ImageNet weights IMAGENET1K_V1 from torchvision's cache), receptive-field anchors, the hierarchical KLD
+RPN assigner."""
 
 faster_rcnn_r50 = functools.partial(
-    two_stage_resnet_fpn, weights="IMAGENET1K_V1", anchor_sides=(32.0, 64.0, 128.0, 256.0, 512.0)
+    two_stage_resnet_fpn,
+    rpn_assigner=MaxIoUAnchorAssigner(),
+    weights="IMAGENET1K_V1",
+    anchor_sides=(32.0, 64.0, 128.0, 256.0, 512.0),
 )
 faster_rcnn_r50.__doc__ = """The Faster R-CNN baseline: ``faster_kldet_r50`` with torchvision's standard
 anchors (sides 32..512 on P2..P6) and the max-IoU RPN assigner."""
@@ -201,7 +205,8 @@ faster_kldet_r18 = functools.partial(
     representation_size=256,
 )
 faster_kldet_r18.__doc__ = """A CPU-sized two-stage KLDet for the synthetic set: ResNet-18 from random weights
-(so trained BatchNorm, nothing frozen), 64 pyramid channels, 256-d box head."""
+(so trained BatchNorm, nothing frozen), 64 pyramid channels, 256-d box head; receptive-field anchors and
+the hierarchical KLD RPN assigner as ``faster_kldet_r50``."""
 
 #: The presets by name (``conf/model/<name>.yaml``).
 PRESETS = {

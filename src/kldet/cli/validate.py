@@ -308,6 +308,11 @@ def _check_node(prefix: str, node: DictConfig, owner: str, hints: dict[str, Any]
             continue
         name = f"{prefix}.{key}"
         if hints is not None and key not in hints:
+            if key == "assigner" and "rpn_assigner" in hints:
+                raise KLDetConfigError(
+                    f"{name}: {owner} is a two-stage model: its assigner labels the RPN's anchors, "
+                    "model.rpn_assigner (assigner=hierarchical_kld or assigner=max_iou), not points"
+                )
             raise KLDetConfigError(f"{name}: unknown key; {owner} takes {', '.join(sorted(hints))}")
         value = node[key]
         if isinstance(value, DictConfig) and "_target_" in value:

@@ -180,3 +180,36 @@ def test_kldet_eval_checkpoint_mode(checkpoint, capsys, data_dir):
     assert code == 0, capsys.readouterr().err
     written = json.loads((checkpoint.parent / "metrics_test.json").read_text())
     assert {"AP", "AP50"} <= set(written)
+
+
+def test_kldet_eval_checkpoint_mode_writes_the_error_analysis(checkpoint, capsys, data_dir, tmp_path):
+    plots, out = tmp_path / "plots", tmp_path / "metrics.json"
+    args = [
+        f"ckpt={checkpoint}",
+        "data=synthetic",
+        *TINY_DATA,
+        "data.num_workers=0",
+        f"paths.data_dir={data_dir}",
+        "model.postprocess.score_thresh=0.0",
+        f"out={out}",
+        f"plots={plots}",
+        "examples=1",
+    ]
+    capsys.readouterr()
+    assert kldet_eval(args) == 0, capsys.readouterr().err
+    assert "error analysis:" in capsys.readouterr().out
+    printed = json.loads(out.read_text())
+    # The analysis reads the same detections the printed metrics scored.
+    curves = json.loads((plots / "pr_curves.json").read_text())
+    all_areas, iou_range = curves["areas"].index("all"), curves["ious"].index("0.5:0.95")
+    for name in curves["classes"]:
+        if printed.get(f"AP_{name}", -1) >= 0:
+            assert curves["ap"][iou_range][curves["classes"].index(name)][all_areas] == pytest.approx(
+                printed[f"AP_{name}"], abs=1e-6
+            )
+    errors = json.loads((plots / "errors.json").read_text())["areas"]["all"]
+    assert errors["AP50"] == pytest.approx(printed["AP50"], abs=1e-6)
+    assert len(list((plots / "examples").glob("*.png"))) == 1
+    # An analysis key without plots= is refused, not silently ignored.
+    assert kldet_eval([*args[:-2], "score_thresh=0.5"]) == 1
+    assert "score_thresh= belongs to the error analysis" in capsys.readouterr().err

@@ -154,6 +154,10 @@ class KLDetModule(L.LightningModule):
         self.example_input_array = torch.zeros((1, 3, EXAMPLE_INPUT_SIZE, EXAMPLE_INPUT_SIZE))
         self.val_metric = DetectionMetric(metric, classes)
         self.test_metric = DetectionMetric(metric, classes)
+        # kldet-eval plots= sets keep_evaluation: the last validation or test keeps its EvaluationSet (this
+        # process's images) in ``evaluation`` for the error analysis.
+        self.keep_evaluation = False
+        self.evaluation = None
         # Unreadable files the data sets skipped this epoch, by stage (lenient loading only).
         self._skipped_files: dict[str, set[str]] = {"train": set(), "val": set(), "test": set()}
 
@@ -276,6 +280,8 @@ class KLDetModule(L.LightningModule):
         # reducing them with max keeps them exactly (a mean could change the last bit) and gives every
         # process the monitored value that checkpoint callbacks read.
         values = metric.compute()
+        if self.keep_evaluation:  # kldet-eval plots=: the error analysis reads every detection
+            self.evaluation = metric.evaluation_set()
         metric.reset()
         logged = {f"{stage}/{name}": float(value) for name, value in values.items()}
         self.log_dict(logged, sync_dist=True, reduce_fx="max")

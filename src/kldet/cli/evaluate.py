@@ -15,8 +15,8 @@ metric (aitod | coco | voc), root and split (DIOR / Pascal VOC data set; metric 
 difficult (object | ignore: VOC difficult objects, as data.difficult; metric voc), out (metrics JSON to write),
 plots (folder for the error analysis, metric aitod or coco: PR curves per class and size bin, confusion matrix,
 TIDE error breakdown, and with images= drawn examples), score_thresh (confusion matrix and examples, 0.3),
-examples (images drawn, 4), scale (their upscale factor, 0: automatic). A checkpoint's analysis: write its
-results with kldet-predict (coco_gt=), then kldet-eval results= plots=.
+examples (images drawn, 4), scale (their upscale factor, 0: automatic). With ckpt= the same keys analyse the
+evaluated split (module.metric aitod or coco), its images drawn from the data set.
 """
 
 from __future__ import annotations
@@ -106,15 +106,13 @@ def run(config: EvaluateConfig) -> dict[str, float]:
 
 def analyse(config: EvaluateConfig) -> dict[str, float]:
     """``plots=``: evaluates once, prints the table and the TIDE breakdown, writes the analysis files."""
-    from kldet.analysis.report import format_errors, write_analysis
     from kldet.cli.dotlist import check_writable_folder
     from kldet.evaluation.coco import summarize_evaluation
     from kldet.evaluation.evaluate import results_file_evaluation
 
     if config.examples < 0 or config.scale < 0:
         raise KLDetConfigError("examples= and scale= must be >= 0")
-    plots = Path(config.plots)
-    check_writable_folder("plots", plots)
+    check_writable_folder("plots", Path(config.plots))
     evaluation = results_file_evaluation(config.results, config.ann, config.metric)
     metrics = summarize_evaluation(evaluation)
     print(format_table(metrics, config.metric, evaluation.class_names))
@@ -124,18 +122,35 @@ def analyse(config: EvaluateConfig) -> dict[str, float]:
 
         records = read_dataset("coco", ann=config.ann, images=config.images).records
         image_paths = {r.image_id: Path(r.image_path) for r in records}
+    write_error_analysis(
+        evaluation, config.plots, config.score_thresh, image_paths, config.examples, config.scale
+    )
+    return metrics
+
+
+def write_error_analysis(
+    evaluation,
+    plots: str | Path,
+    score_thresh: float,
+    image_paths: dict[int, Path] | None,
+    examples: int,
+    scale: int,
+) -> None:
+    """Writes the analysis files of a :class:`~kldet.evaluation.coco.CocoEvaluation` to ``plots`` and prints
+    the TIDE breakdown (the results mode's and the checkpoint mode's ``plots=``)."""
+    from kldet.analysis.report import format_errors, write_analysis
+
     written, breakdowns = write_analysis(
-        plots,
+        Path(plots),
         evaluation,
-        score_thresh=config.score_thresh,
+        score_thresh=score_thresh,
         image_paths=image_paths,
-        examples=config.examples,
-        scale=config.scale,
+        examples=examples,
+        scale=scale,
     )
     print("\n" + format_errors(breakdowns))
     note = "" if image_paths is not None else " (add images=DIR for drawn examples)"
     print(f"\nerror analysis: {len(written)} files written to {plots}{note}")
-    return metrics
 
 
 def checkpoint_config(overrides: list[str]) -> DictConfig:
@@ -218,7 +233,24 @@ def evaluate_checkpoint(cfg: DictConfig, overrides: list[str] = ()) -> dict[str,
     from kldet.cli.train import build_trainer, prefixed
 
     ckpt = Path(cfg.ckpt)
+    if cfg.plots is None:
+        for key in ("score_thresh", "examples", "scale"):
+            if any(arg.startswith(f"{key}=") for arg in overrides):
+                raise KLDetConfigError(
+                    f"{key}= belongs to the error analysis: give plots=DIR too (the model's score threshold "
+                    "is model.postprocess.score_thresh)"
+                )
+    else:
+        from kldet.cli.dotlist import check_writable_folder
+
+        if cfg.module.metric == "voc":
+            raise KLDetConfigError(
+                "plots=: the error analysis reads the COCO matching; evaluate with module.metric=aitod or "
+                "module.metric=coco (the data set's VOC metric has no size bins or maxDets)"
+            )
+        check_writable_folder("plots", Path(cfg.plots))
     module, datamodule = checkpoint_and_data(cfg, overrides)
+    module.keep_evaluation = cfg.plots is not None
     trainer = build_trainer(cfg, logger=False, callbacks=[], default_root_dir=ckpt.parent)
     evaluate = trainer.validate if cfg.split == "val" else trainer.test
     logged = evaluate(module, datamodule=datamodule, verbose=False)[0]
@@ -228,6 +260,14 @@ def evaluate_checkpoint(cfg: DictConfig, overrides: list[str] = ()) -> dict[str,
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(metrics, indent=2) + "\n")
     print(f"\nmetrics written to {out}")
+    if cfg.plots is not None:
+        from kldet.evaluation.coco import PROTOCOLS, coco_evaluation, coco_inputs
+
+        ground_truth, detections = coco_inputs(module.evaluation, datamodule.classes)
+        evaluation = coco_evaluation(ground_truth, detections, PROTOCOLS[cfg.module.metric])
+        records = datamodule.ground_truth(cfg.split).records
+        image_paths = {r.image_id: Path(r.image_path) for r in records}
+        write_error_analysis(evaluation, cfg.plots, cfg.score_thresh, image_paths, cfg.examples, cfg.scale)
     return metrics
 
 

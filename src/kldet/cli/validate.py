@@ -76,6 +76,9 @@ FRACTION = Interval(0, 1)
 
 # Allowed values of numeric keys (for a list, of each element); the type comes from the signatures.
 RANGES: dict[str, Interval] = {
+    "score_thresh": FRACTION,
+    "examples": NON_NEGATIVE,
+    "scale": NON_NEGATIVE,
     "seed": Interval(0, 2**32 - 1),
     "data.batch_size": AT_LEAST_ONE,
     "data.eval_batch_size": AT_LEAST_ONE,
@@ -171,6 +174,10 @@ TOP_LEVEL: dict[str, Any] = {
     "ckpt": str,
     "split": str,
     "out": str | None,
+    "plots": str | None,
+    "score_thresh": float,
+    "examples": int,
+    "scale": int,
 }
 
 

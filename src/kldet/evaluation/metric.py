@@ -72,12 +72,16 @@ class DetectionMetric(Metric):
 
     def compute(self) -> dict[str, float]:
         """The metrics of :func:`kldet.evaluation.evaluate_detections` over every image seen."""
+        return evaluate_detections(self.evaluation_set(), self.kind, self.class_names)
+
+    def evaluation_set(self) -> EvaluationSet:
+        """The detections and ground truth of every image seen, once per image (in :meth:`compute`, of
+        every process; outside it, of this one)."""
         states = {name: _concatenated(getattr(self, name), dtype) for name, dtype in _STATE_DTYPES.items()}
         for name in ("pred_boxes", "gt_boxes"):
             states[name] = states[name].reshape(-1, 4)
         states["gt_ignore"] = states["gt_ignore"].bool()
-        data = EvaluationSet(**states).unique_images()
-        return evaluate_detections(data, self.kind, self.class_names)
+        return EvaluationSet(**states).unique_images()
 
 
 def sample_ground_truth(target: Mapping[str, Any]) -> dict[str, Any]:

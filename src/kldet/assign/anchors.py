@@ -12,6 +12,7 @@ anchor's ground truth, :data:`BACKGROUND` or :data:`IGNORED`.
 """
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -86,17 +87,9 @@ class RFAnchorGenerator:
 
     def __call__(self, image_shape: tuple[int, int], device: torch.device | None = None) -> list[Tensor]:
         """Anchors of an (H, W) padded image: one (h_l * w_l * A, 4) float32 xyxy tensor per level, for
-        the feature sizes (ceil(H / s), ceil(W / s))."""
-        anchors = []
-        for stride, side, (height, width) in zip(
-            self.strides, self.level_sides, feature_sizes(image_shape, self.strides), strict=True
-        ):
-            xs = torch.arange(width, device=device, dtype=torch.float32) * stride
-            ys = torch.arange(height, device=device, dtype=torch.float32) * stride
-            grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
-            shifts = torch.stack((grid_x, grid_y, grid_x, grid_y), dim=-1).reshape(-1, 1, 4)
-            anchors.append((shifts + self.base_anchors(side, device)).reshape(-1, 4))
-        return anchors
+        the feature sizes (ceil(H / s), ceil(W / s)). Cached per shape and device (every batch of one shape
+        computes them once, as :func:`kldet.assign.point_grid`); callers must not modify them."""
+        return list(_level_anchors(self, tuple(image_shape), torch.device(device or "cpu")))
 
     def num_anchors(self, image_shape: tuple[int, int]) -> int:
         """N: anchors of all levels for an (H, W) padded image."""
@@ -107,3 +100,19 @@ def anchor_levels(anchors: Sequence[Tensor]) -> Tensor:
     """(N,) level index of every anchor of the per-level list ``anchors`` concatenated."""
     counts = torch.tensor([len(level) for level in anchors], device=anchors[0].device)
     return torch.repeat_interleave(torch.arange(len(anchors), device=counts.device), counts)
+
+
+@functools.lru_cache(maxsize=16)
+def _level_anchors(
+    generator: RFAnchorGenerator, image_shape: tuple[int, int], device: torch.device
+) -> tuple[Tensor, ...]:
+    anchors = []
+    for stride, side, (height, width) in zip(
+        generator.strides, generator.level_sides, feature_sizes(image_shape, generator.strides), strict=True
+    ):
+        xs = torch.arange(width, device=device, dtype=torch.float32) * stride
+        ys = torch.arange(height, device=device, dtype=torch.float32) * stride
+        grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+        shifts = torch.stack((grid_x, grid_y, grid_x, grid_y), dim=-1).reshape(-1, 1, 4)
+        anchors.append((shifts + generator.base_anchors(side, device)).reshape(-1, 4))
+    return tuple(anchors)

@@ -146,17 +146,17 @@ class RegionProposalNetwork(nn.Module):
         with torch.no_grad(), torch.autocast(scores.device.type, enabled=False):
             assigned = [self.assigner(all_anchors, boxes) for boxes in gt_boxes]
             positive, sampled = sample_labels(assigned, self.sampler)
-            targets = torch.stack(
-                [
-                    self.coder.encode_single(boxes[a.clamp(min=0)], all_anchors)
-                    if len(boxes)
-                    else torch.zeros_like(all_anchors)
-                    for a, boxes in zip(assigned, gt_boxes, strict=True)
-                ]
-            ).flatten(0, 1)
+            # Targets of the sampled positives only (a few hundred of B x N anchors): the positive at flat
+            # index i is anchor i % N of image i // N, matched to that image's ground truth assigned[i].
+            index = positive.nonzero().squeeze(1)
+            image, anchor = index // len(all_anchors), index % len(all_anchors)
+            counts = torch.tensor([len(boxes) for boxes in gt_boxes], device=index.device)
+            first_gt = counts.cumsum(0) - counts
+            matched = torch.cat(list(gt_boxes))[first_gt[image] + torch.cat(assigned)[index]]
+            targets = self.coder.encode_single(matched, all_anchors[anchor])
         num_sampled = max(int(sampled.sum()), 1)
         loss_cls = F.binary_cross_entropy_with_logits(
             scores.flatten()[sampled], positive[sampled].float(), reduction="sum"
         )
-        loss_box = F.l1_loss(box_deltas.flatten(0, 1)[positive], targets[positive], reduction="sum")
+        loss_box = F.l1_loss(box_deltas.flatten(0, 1)[index], targets, reduction="sum")
         return {"loss_rpn_cls": loss_cls / num_sampled, "loss_rpn_box": loss_box / num_sampled}

@@ -6,7 +6,8 @@ A checkpoint written by :class:`kldet.lit.KLDetModule` is a ``torch.save`` dict 
 rebuilt with :func:`kldet.spec.instantiate`; checkpoints of kldet before the composed detector hold the
 flat keyword arguments of the old ``KLDet`` and are read too), ``classes`` (names), ``category_ids`` (the data set's own ids, for result files;
 None means 1..C) and ``preprocess`` (``channel_order`` "RGB" or "BGR", ``mean``, ``std``, ``size_divisor``,
-``max_size``, ``resize``: :func:`kldet.data.transforms.resize_policy`); ``state_dict`` keys are ``"model."`` + the KLDet state dict keys. The input normalisation
+``max_size``, ``resize`` and, for training on crops, ``crop_size`` and ``overlap``:
+:func:`kldet.data.transforms.resize_policy`); ``state_dict`` keys are ``"model."`` + the KLDet state dict keys. The input normalisation
 (``channel_order``, ``mean``, ``std``) follows the model's backbone ``style`` (see
 :mod:`kldet.model.normalization`); where a checkpoint lacks one of them, the style's value is used, so
 checkpoints written before ``channel_order`` existed (all pytorch style) read as RGB.
@@ -30,7 +31,16 @@ from kldet.spec import instantiate, merge
 STATE_PREFIX = "model."
 REQUIRED_HYPER_PARAMETERS = ("model", "classes")
 #: The ``hyper_parameters["preprocess"]`` keys kldet-train writes (see the module docstring).
-PREPROCESS_KEYS = ("channel_order", "mean", "std", "size_divisor", "max_size", "resize")
+PREPROCESS_KEYS = (
+    "channel_order",
+    "mean",
+    "std",
+    "size_divisor",
+    "max_size",
+    "resize",
+    "crop_size",
+    "overlap",
+)
 
 
 def load_detector(
@@ -195,8 +205,9 @@ def save_detector(
             ``max_size`` (required: the longer side images were resized to, None for native pixels),
             ``resize`` (default: what ``max_size`` means, :func:`kldet.data.transforms.resize_policy`),
             ``size_divisor`` (default 32), ``channel_order``, ``mean`` and ``std`` (default: the
-            normalisation of the model's ``style``, :func:`kldet.model.input_normalization`). The file holds
-            all six, as kldet-train writes them. None records no preprocessing: inference then normalises
+            normalisation of the model's ``style``, :func:`kldet.model.input_normalization`); with
+            ``resize="crop"`` also ``crop_size`` and ``overlap`` (trained on crops, evaluated by sliced
+            prediction). The file holds them all, as kldet-train writes them. None records no preprocessing: inference then normalises
             by the model's style and kldet-predict refuses ``resize=train``.
 
     Returns:

@@ -28,6 +28,7 @@ from kldet.data import (
 from kldet.data.coco import categories_of
 from kldet.data.dataset import SIZE_DIVISOR
 from kldet.data.dior import DIFFICULT_MODES
+from kldet.data.transforms import resize_policy
 from kldet.errors import KLDetConfigError, KLDetDataError
 from kldet.model.normalization import InputNormalization
 
@@ -60,6 +61,18 @@ class KLDetDataModule(L.LightningDataModule):
         lenient: skip bad images and annotations (counted in a logged summary) instead of raising.
         decode_check: decode every image while reading a split, not only its header.
         max_size: longer image side after resizing (keeping the aspect ratio); None keeps sizes.
+        crop_size: train on random ``crop_size`` x ``crop_size`` crops at native resolution (images no
+            larger are used whole) and evaluate by sliced prediction over whole native images, tiles of
+            ``crop_size`` px, as kldet-predict predicts (:class:`kldet.inference.Predictor`); needs
+            ``max_size`` None. The eval loaders then serve one image per batch (``eval_batch_size`` does
+            not apply; ``module.tile_batch_size`` tiles go through the network at a time). None: whole
+            images, resized by ``max_size``.
+        crop_min_visibility: fraction of its area a box must keep inside a crop to stay a training target.
+        crop_object_fraction: share of crops placed around an object (drawn uniformly over the image's
+            objects, anywhere in the crop), the rest uniform over positions
+            (:func:`kldet.data.transforms.sample_crop`).
+        eval_overlap: overlap of the evaluation tiles with ``crop_size`` (a fraction of it, as kldet-predict's
+            ``overlap``).
         hflip, vflip, rotate90: training augmentation probabilities.
         size_divisor: batches are zero-padded to a multiple of it.
         difficult: dior: VOC ``difficult`` objects are normal objects ("object", the KLDet authors'
@@ -95,6 +108,10 @@ class KLDetDataModule(L.LightningDataModule):
         lenient: bool = False,
         decode_check: bool = False,
         max_size: int | None = 800,
+        crop_size: int | None = None,
+        crop_min_visibility: float = 0.5,
+        crop_object_fraction: float = 0.5,
+        eval_overlap: float = 0.2,
         hflip: float = 0.5,
         vflip: float = 0.0,
         rotate90: float = 0.0,
@@ -123,8 +140,16 @@ class KLDetDataModule(L.LightningDataModule):
             normalization = InputNormalization.from_preprocess(normalization)
         self.normalization = normalization
         self.train_transform = DetectionTransform(
-            max_size, hflip=hflip, vflip=vflip, rotate90=rotate90, normalization=normalization
+            max_size,
+            crop_size=crop_size,
+            crop_min_visibility=crop_min_visibility,
+            crop_object_fraction=crop_object_fraction,
+            hflip=hflip,
+            vflip=vflip,
+            rotate90=rotate90,
+            normalization=normalization,
         )
+        self.crop_size, self.eval_overlap = crop_size, eval_overlap
         self.eval_transform = DetectionTransform(max_size, normalization=normalization)
         self.size_divisor = size_divisor
         if difficult not in DIFFICULT_MODES:
@@ -153,6 +178,12 @@ class KLDetDataModule(L.LightningDataModule):
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def resize_policy(self) -> dict[str, Any]:
+        """How the training images are made and evaluation predicts, as checkpoints record it
+        (:func:`kldet.data.transforms.resize_policy`)."""
+        return resize_policy(self.eval_transform.max_size, self.crop_size, self.eval_overlap)
 
     def ground_truth(self, stage: str) -> DetectionSet:
         """The records of ``stage`` ("train", "val" or "test"): training targets and evaluation ground truth
@@ -190,12 +221,22 @@ class KLDetDataModule(L.LightningDataModule):
         # An empty list is Lightning's way of saying there is nothing to validate on.
         if not self.has_split("val"):
             return []
-        return self._loader(self.ground_truth("val").records, self.eval_transform, self.eval_batch_size)
+        return self._loader(
+            self.ground_truth("val").records, self.eval_transform, self._eval_images_per_batch
+        )
 
     def test_dataloader(self) -> DataLoader | list:
         if not self.has_split("test"):
             return []
-        return self._loader(self.ground_truth("test").records, self.eval_transform, self.eval_batch_size)
+        return self._loader(
+            self.ground_truth("test").records, self.eval_transform, self._eval_images_per_batch
+        )
+
+    @property
+    def _eval_images_per_batch(self) -> int:
+        # Sliced evaluation tiles each image itself: padding several native scenes into one batch would
+        # only spend memory.
+        return 1 if self.crop_size is not None else self.eval_batch_size
 
     def has_split(self, stage: str) -> bool:
         """Whether ``stage`` ("train", "val", "test") has data configured."""

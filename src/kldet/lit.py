@@ -26,9 +26,11 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor
 
 from kldet.checkpoint import backbone_style, load_detector
+from kldet.data.dataset import SIZE_DIVISOR
 from kldet.data.transforms import recorded_resize_policy
 from kldet.errors import KLDetConfigError, KLDetError
 from kldet.evaluation import LRP_KEYS, DetectionMetric, sample_ground_truth
+from kldet.inference.predictor import Predictor
 from kldet.inference.render import draw_validation_image
 from kldet.model import Detector, InputNormalization
 from kldet.optim import param_groups, scaled_lr
@@ -88,7 +90,11 @@ class KLDetModule(L.LightningModule):
         preprocess: ``{"channel_order", "mean", "std", "size_divisor", "max_size"}`` the data module
             applied, kept in the checkpoint so inference can repeat it (see :mod:`kldet.checkpoint`);
             ``"resize"`` is added from ``max_size`` (:func:`kldet.data.transforms.resize_policy`), so the
-            checkpoint states the training scale.
+            checkpoint states the training scale. With ``"resize": "crop"`` (training on crops,
+            ``data.crop_size``) validation and test predict each whole native image as kldet-predict does:
+            :meth:`kldet.inference.Predictor.predict_normalized`, tiles of ``"crop_size"`` px overlapping by
+            ``"overlap"``, ownership and merge (:mod:`kldet.inference.sliced`).
+        tile_batch_size: tiles per forward pass in that sliced evaluation.
         num_logged_images: validation images drawn with predicted and true boxes for the loggers.
         detector: the detector ``model`` describes, already built (``from_checkpoint`` passes the loaded
             one); None builds it from ``model``.
@@ -113,6 +119,7 @@ class KLDetModule(L.LightningModule):
         metric: str = "aitod",
         preprocess: Mapping[str, Any] | None = None,
         num_logged_images: int = 4,
+        tile_batch_size: int = 4,
         channels_last: bool = False,
         detector: Detector | None = None,
     ) -> None:
@@ -139,6 +146,7 @@ class KLDetModule(L.LightningModule):
                 "metric": metric,
                 "preprocess": _with_resize_policy(_plain(preprocess)) if preprocess is not None else None,
                 "num_logged_images": num_logged_images,
+                "tile_batch_size": tile_batch_size,
                 "channels_last": channels_last,
             }
         )
@@ -190,6 +198,27 @@ class KLDetModule(L.LightningModule):
         """How the input images were normalised: ``preprocess``, completed by the model's style."""
         return InputNormalization.from_preprocess(self.hparams["preprocess"], backbone_style(self.model))
 
+    def sliced_predictor(self) -> Predictor | None:
+        """The :class:`~kldet.inference.Predictor` of this model that evaluation slices whole images with,
+        set up as the checkpoint sets up kldet-predict (tiles, overlap, normalisation, the model's own NMS
+        across tiles); None unless the model was trained on crops. Its precision is the surrounding one
+        (Lightning's autocast)."""
+        policy = recorded_resize_policy(self.hparams["preprocess"] or {}) or {}
+        if policy.get("resize") != "crop":
+            return None
+        return Predictor(
+            self.model,
+            self.hparams["classes"],
+            self.hparams["category_ids"] or range(1, len(self.hparams["classes"]) + 1),
+            normalization=self.normalization,
+            size_divisor=self.hparams["preprocess"].get("size_divisor") or SIZE_DIVISOR,
+            tile_size=policy["crop_size"],
+            overlap=policy["overlap"],
+            batch_size=self.hparams["tile_batch_size"],
+            precision="fp32",
+            channels_last=self.hparams["channels_last"],
+        )
+
     def forward(self, images: Tensor) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
         """Raw per-level outputs of the detector (see :meth:`kldet.model.KLDet.forward`)."""
         return self.model(images)
@@ -216,6 +245,15 @@ class KLDetModule(L.LightningModule):
         return loss
 
     def _predict(self, images: Tensor, targets: Sequence[Mapping[str, Any]]) -> list[dict[str, Tensor]]:
+        """Detections in original pixels: the model's on the batch, or sliced over each whole image
+        for a model trained on crops."""
+        sliced = self.sliced_predictor()
+        if sliced is not None:
+            inputs = [
+                image[:, :h, :w] for image, (h, w) in zip(images, (t["size"] for t in targets), strict=True)
+            ]
+            detections = sliced.predict_normalized(inputs)
+            return [{key: value.to(images.device) for key, value in d.items()} for d in detections]
         return self.model.predict(
             images.contiguous(memory_format=self.memory_format),
             image_sizes=[tuple(t["size"]) for t in targets],

@@ -211,8 +211,15 @@ def checkpoint_and_data(cfg: DictConfig, overrides: list[str] = ()) -> tuple[KLD
     postprocess = postprocess_overrides(cfg, list(overrides))
     module = KLDetModule.from_checkpoint(ckpt, metric=cfg.module.metric, overrides=postprocess)
     # The images are normalised as in training (the checkpoint's channel order, mean and std), whatever
-    # model the configuration names.
-    datamodule = build_datamodule(cfg, normalization=module.normalization.as_preprocess())
+    # model the configuration names; a model trained on crops is evaluated on whole native images, sliced
+    # as in its validation (whatever data.max_size says).
+    sliced = module.sliced_predictor()
+    native = (
+        {}
+        if sliced is None
+        else {"max_size": None, "crop_size": sliced.tile_size, "eval_overlap": sliced.overlap}
+    )
+    datamodule = build_datamodule(cfg, normalization=module.normalization.as_preprocess(), **native)
     # Only the evaluated split has to exist.
     read_data(cfg, datamodule, ("validate",) if cfg.split == "val" else ("test",))
     if module.hparams["classes"] != datamodule.classes:

@@ -31,7 +31,7 @@ from kldet.errors import KLDetConfigError
 from kldet.inference.export import smallest_input_size
 from kldet.inference.geo import detections_to_geojson
 from kldet.inference.precision import resolve_precision
-from kldet.inference.predictor import RESIZE_MODES, Predictor
+from kldet.inference.predictor import OVERLAP, RESIZE_MODES, TILE_SIZE, Predictor
 from kldet.inference.render import auto_scale, draw_detections, save_image
 from kldet.inference.results import detections_to_coco, image_ids_from_coco, write_results
 from kldet.inference.sources import find_images, open_image
@@ -55,8 +55,15 @@ class PredictConfig:
     )
     channels_last: bool = option(True, "run the network in the NHWC memory format (faster on CPUs and GPUs)")
     batch_size: int = option(4, "tiles per forward pass")
-    tile_size: int = option(800, "tile side in pixels, >= 96 for P2-P6 (the network's smallest input)")
-    overlap: float = option(0.2, "tile overlap, fraction of tile_size in [0, 1)")
+    tile_size: int | None = option(
+        None,
+        "tile side in pixels, >= 96 for P2-P6 (the network's smallest input) (default: the checkpoint's "
+        "crop_size if it was trained on crops, else 800)",
+    )
+    overlap: float | None = option(
+        None,
+        "tile overlap, fraction of tile_size in [0, 1) (default: the checkpoint's if trained on crops, else 0.2)",
+    )
     score_thresh: float | None = option(None, "minimum score in [0, 1] (default: the checkpoint's)")
     nms_thresh: float | None = option(
         None, "class-wise NMS IoU in [0, 1] within and across tiles (default: the checkpoint's)"
@@ -93,7 +100,7 @@ def _image_id(file_name: str, index: int, gt_ids: dict[str, int] | None, coco_gt
 def _check(config: PredictConfig) -> None:
     """Settings that cannot work, as one message before anything is loaded."""
     try:
-        overlap_pixels(config.tile_size, config.overlap)
+        overlap_pixels(config.tile_size or TILE_SIZE, OVERLAP if config.overlap is None else config.overlap)
     except ValueError as error:
         raise KLDetConfigError(f"tile_size={config.tile_size} overlap={config.overlap}: {error}") from None
     if config.batch_size < 1 or config.box_width < 1:
@@ -185,9 +192,9 @@ def predict(config: PredictConfig) -> PredictSummary:
         channels_last=config.channels_last,
     )
     smallest = smallest_input_size(predictor.model)
-    if config.tile_size < smallest:
+    if predictor.tile_size < smallest:
         raise KLDetConfigError(
-            f"tile_size={config.tile_size}: this network takes tiles of at least {smallest} px "
+            f"tile_size={predictor.tile_size}: this network takes tiles of at least {smallest} px "
             f"(its coarsest stride is {predictor.model.strides[-1]})"
         )
     sources = [open_image(path) for path in files]

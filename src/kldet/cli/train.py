@@ -73,17 +73,20 @@ def prepare_synthetic(root: str | Path, settings: Mapping[str, Any], format: str
     stamp.write_text(json.dumps(recorded) + "\n")
 
 
-def build_datamodule(cfg: DictConfig, normalization: Mapping[str, Any] | None = None) -> KLDetDataModule:
+def build_datamodule(
+    cfg: DictConfig, normalization: Mapping[str, Any] | None = None, **overrides: Any
+) -> KLDetDataModule:
     """The ``data`` config instantiated, after writing the synthetic set if ``cfg.synthetic`` asks for it.
 
     The transforms normalise as ``normalization`` says (``{"channel_order", "mean", "std"}``, e.g. a
-    checkpoint's), by default as the input of ``cfg.model.style``'s backbone.
+    checkpoint's), by default as the input of ``cfg.model.style``'s backbone; ``overrides`` replace data
+    keys (kldet-eval: a checkpoint's crop settings).
     """
     if cfg.get("synthetic"):
         prepare_synthetic(cfg.data.root, cfg.synthetic, cfg.data.format)
     if normalization is None:
         normalization = input_normalization(cfg.model.get("style", "pytorch")).as_preprocess()
-    return instantiate(cfg.data, normalization=dict(normalization))
+    return instantiate(cfg.data, normalization=dict(normalization), **overrides)
 
 
 def read_data(cfg: DictConfig, datamodule: KLDetDataModule, stages: Sequence[str] = ("fit",)) -> None:
@@ -115,7 +118,7 @@ def build_module(cfg: DictConfig, datamodule: KLDetDataModule) -> KLDetModule:
         preprocess={
             **datamodule.normalization.as_preprocess(),
             "size_divisor": datamodule.size_divisor,
-            "max_size": datamodule.eval_transform.max_size,
+            **datamodule.resize_policy,
         },
         **cfg.module,
     )

@@ -31,6 +31,7 @@ from omegaconf.errors import OmegaConfBaseException
 from kldet.cli.signatures import MODULE_INPUTS
 from kldet.data.dior import DIFFICULT_MODES
 from kldet.data.synthetic import generate
+from kldet.data.transforms import check_crop_settings
 from kldet.datamodule import FORMATS
 from kldet.errors import KLDetConfigError
 from kldet.evaluation import METRIC_KINDS
@@ -84,6 +85,10 @@ RANGES: dict[str, Interval] = {
     "data.eval_batch_size": AT_LEAST_ONE,
     "data.num_workers": NON_NEGATIVE,
     "data.max_size": AT_LEAST_ONE,
+    "data.crop_size": AT_LEAST_ONE,
+    "data.crop_min_visibility": FRACTION,
+    "data.crop_object_fraction": FRACTION,
+    "data.eval_overlap": Interval(0, 1, high_open=True),
     "data.hflip": FRACTION,
     "data.vflip": FRACTION,
     "data.rotate90": FRACTION,
@@ -121,6 +126,7 @@ RANGES: dict[str, Interval] = {
     "model.postprocess.pre_nms_topk": AT_LEAST_ONE,
     "model.postprocess.max_detections": AT_LEAST_ONE,
     "module.num_logged_images": NON_NEGATIVE,
+    "module.tile_batch_size": AT_LEAST_ONE,
     "module.bias_lr_factor": NON_NEGATIVE,
     "module.bias_weight_decay": NON_NEGATIVE,
     "module.norm_weight_decay": NON_NEGATIVE,
@@ -366,6 +372,8 @@ def _validate(cfg: Mapping[str, Any]) -> None:
             if not isinstance(node, DictConfig) or "_target_" not in node:
                 raise KLDetConfigError(f"{group}: must be a mapping with a _target_ (see conf/{group}/)")
             _check_target(group, node)
+    if cfg.get("data") is not None:
+        check_crop_settings(cfg.data.get("max_size"), cfg.data.get("crop_size"))
     for group in ("callbacks", "logger"):
         for name, node in (cfg.get(group) or {}).items():
             if isinstance(node, DictConfig) and "_target_" in node:

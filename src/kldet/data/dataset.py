@@ -13,7 +13,7 @@ from torch.utils.data import Dataset, get_worker_info
 
 from kldet.data.images import load_image
 from kldet.data.records import Record
-from kldet.data.transforms import DetectionTransform
+from kldet.data.transforms import DetectionTransform, crop_boxes
 from kldet.errors import KLDetDataError
 
 logger = logging.getLogger(__name__)
@@ -29,7 +29,11 @@ class DetectionDataset(Dataset):
     - ``"orig_size"`` (H0, W0), ``"size"`` (h, w) after resizing (before batch padding), and
       ``"scale"`` (sx, sy) = resized / original, so ``prediction / scale`` is in original pixels;
     - ``"gt_boxes"`` (M, 4) float64, ``"gt_labels"`` (M,), ``"gt_areas"`` (M,) float64, ``"gt_ignore"``
-      (M,) bool: the record's evaluation ground truth in original pixels (see :class:`Record`).
+      (M,) bool: the record's evaluation ground truth in original pixels (see :class:`Record`);
+    - ``"window"``: ``(x0, y0, x1, y1)`` in original pixels when the transform cut a crop
+      (``crop_size``), else None. The crop's boxes follow it; so does the ground truth, ignored boxes
+      included: clipped to the window (still in original pixels), by the same visibility rule
+      (:func:`kldet.data.transforms.crop_boxes`), areas scaled by the visible fraction.
 
     An image without objects gives empty (0, 4) and (0,) tensors.
 
@@ -92,7 +96,18 @@ class DetectionDataset(Dataset):
         return image
 
     def _sample(self, record: Record, image: np.ndarray, skipped_file: str | None) -> tuple[Tensor, dict]:
-        tensor, boxes, labels, scale = self.transform(image, record.boxes, record.labels)
+        window = self.transform.sample_window(record.height, record.width, record.boxes)
+        tensor, boxes, labels, scale = self.transform(image, record.boxes, record.labels, window)
+        gt_boxes, gt_labels, gt_areas, gt_ignore = (
+            record.gt_boxes,
+            record.gt_labels,
+            record.gt_areas,
+            record.gt_ignore,
+        )
+        if window is not None:
+            clipped, visible, kept = crop_boxes(gt_boxes, window, self.transform.crop_min_visibility)
+            gt_boxes, gt_labels = clipped[kept], gt_labels[kept]
+            gt_areas, gt_ignore = gt_areas[kept] * visible[kept], gt_ignore[kept]
         target = {
             "boxes": boxes,
             "labels": labels,
@@ -101,10 +116,11 @@ class DetectionDataset(Dataset):
             "orig_size": (record.height, record.width),
             "size": tuple(tensor.shape[1:]),
             "scale": scale,
-            "gt_boxes": torch.from_numpy(record.gt_boxes),
-            "gt_labels": torch.from_numpy(record.gt_labels),
-            "gt_areas": torch.from_numpy(record.gt_areas),
-            "gt_ignore": torch.from_numpy(record.gt_ignore),
+            "gt_boxes": torch.from_numpy(gt_boxes),
+            "gt_labels": torch.from_numpy(gt_labels),
+            "gt_areas": torch.from_numpy(gt_areas),
+            "gt_ignore": torch.from_numpy(gt_ignore),
+            "window": window,
             "skipped_file": skipped_file,
         }
         return tensor, target

@@ -27,14 +27,16 @@ from kldet.data.transforms import recorded_resize_policy, resized_size
 from kldet.errors import KLDetConfigError
 from kldet.inference.precision import autocast, resolve_precision
 from kldet.inference.sliced import sliced_predict, tile_count
-from kldet.inference.sources import ArraySource, ResizedSource
-from kldet.inference.types import Detections, ImageSource, Source
+from kldet.inference.sources import ArraySource, ResizedSource, TensorSource
+from kldet.inference.types import DetectFn, Detections, ImageSource, Source
 from kldet.model import Detector, InputNormalization
 
 logger = logging.getLogger(__name__)
 
 #: ``resize`` values besides a longer side in pixels.
 RESIZE_MODES = ("none", "train")
+#: Tile side and overlap of a checkpoint that was not trained on crops (one trained on crops gives its own).
+TILE_SIZE, OVERLAP = 800, 0.2
 
 
 class Predictor:
@@ -71,8 +73,8 @@ class Predictor:
         *,
         normalization: InputNormalization = InputNormalization(),
         size_divisor: int = SIZE_DIVISOR,
-        tile_size: int = 800,
-        overlap: float = 0.2,
+        tile_size: int = TILE_SIZE,
+        overlap: float = OVERLAP,
         batch_size: int = 4,
         iou_thresh: float | None = None,
         max_detections: int | None = None,
@@ -109,12 +111,17 @@ class Predictor:
         score_thresh: float | None = None,
         nms_thresh: float | None = None,
         candidates: str | None = None,
+        tile_size: int | None = None,
+        overlap: float | None = None,
         **options,
     ) -> "Predictor":
         """Load a checkpoint (:func:`kldet.checkpoint.load_detector`) onto ``device``.
 
         ``score_thresh`` / ``nms_thresh`` / ``candidates`` override the checkpoint's post-processing
-        (``None``: keep it); ``options`` are the remaining :class:`Predictor` arguments.
+        (``None``: keep it). ``tile_size`` / ``overlap`` default to the checkpoint's crop and evaluation
+        overlap when it was trained on crops (``resize: "crop"``, so prediction tiles as its validation
+        did), else to :data:`TILE_SIZE` / :data:`OVERLAP`. ``options`` are the remaining :class:`Predictor`
+        arguments.
         """
         overrides = {"score_thresh": score_thresh, "nms_thresh": nms_thresh, "candidates": candidates}
         model, meta = load_detector(
@@ -123,13 +130,17 @@ class Predictor:
             overrides={"postprocess": {k: v for k, v in overrides.items() if v is not None}},
         )
         preprocess = meta["preprocess"]
+        train_resize = recorded_resize_policy(preprocess)
+        crop = train_resize if train_resize is not None and train_resize["resize"] == "crop" else {}
         return cls(
             model,
             meta["classes"],
             meta["category_ids"],
             normalization=InputNormalization.from_preprocess(preprocess),
             size_divisor=preprocess.get("size_divisor") or SIZE_DIVISOR,
-            train_resize=recorded_resize_policy(preprocess),
+            train_resize=train_resize,
+            tile_size=tile_size or crop.get("crop_size") or TILE_SIZE,
+            overlap=next(value for value in (overlap, crop.get("overlap"), OVERLAP) if value is not None),
             **options,
         )
 
@@ -156,20 +167,37 @@ class Predictor:
         """RGB uint8 (h_i, w_i, 3) tiles -> a (B, 3, H, W) batch normalised as ``normalization`` says
         (channels reordered to its ``channel_order``), zero-padded to a multiple of ``size_divisor``, in
         the network's memory format, and each tile's (h_i, w_i)."""
-        sizes = [(tile.shape[0], tile.shape[1]) for tile in tiles]
-        height, width = padded_size(sizes, self.size_divisor)
-        batch = torch.zeros(len(tiles), 3, height, width, device=self.device).contiguous(
-            memory_format=self.memory_format
-        )
-        for image, tile, (h, w) in zip(batch, tiles, sizes, strict=True):
+
+        def normalized(tile: np.ndarray) -> Tensor:
             # Copy as uint8, normalise on the device: 4x less to transfer than float.
             pixels = torch.from_numpy(np.ascontiguousarray(tile)).to(self.device).permute(2, 0, 1)
-            image[:, :h, :w] = self.normalization.normalize(pixels.float())
+            return self.normalization.normalize(pixels.float())
+
+        return self._padded([(tile.shape[0], tile.shape[1]) for tile in tiles], map(normalized, tiles))
+
+    def _padded(
+        self, sizes: list[tuple[int, int]], inputs: Iterable[Tensor]
+    ) -> tuple[Tensor, list[tuple[int, int]]]:
+        """(3, h_i, w_i) model inputs of ``sizes`` zero-padded into one (B, 3, H, W) batch on the device,
+        in the network's memory format, and ``sizes``."""
+        height, width = padded_size(sizes, self.size_divisor)
+        batch = torch.zeros(len(sizes), 3, height, width, device=self.device).contiguous(
+            memory_format=self.memory_format
+        )
+        for image, pixels, (h, w) in zip(batch, inputs, sizes, strict=True):
+            image[:, :h, :w] = pixels
         return batch, sizes
 
     def detect_tiles(self, tiles: Sequence[np.ndarray]) -> list[Detections]:
         """Detections of each tile in its own pixels (a :data:`kldet.inference.types.DetectFn`)."""
-        batch, sizes = self.preprocess(tiles)
+        return self._detect(*self.preprocess(tiles))
+
+    def detect_normalized_tiles(self, tiles: Sequence[Tensor]) -> list[Detections]:
+        """:meth:`detect_tiles` of tiles already normalised: (3, h_i, w_i) model inputs (a
+        :data:`~kldet.inference.types.DetectFn` over :class:`~kldet.inference.sources.TensorSource` tiles)."""
+        return self._detect(*self._padded([tuple(tile.shape[1:]) for tile in tiles], tiles))
+
+    def _detect(self, batch: Tensor, sizes: list[tuple[int, int]]) -> list[Detections]:
         with torch.no_grad():
             with autocast(self.precision, self.device):
                 maps = self.model(batch)
@@ -180,9 +208,28 @@ class Predictor:
     ) -> Iterator[tuple[Source, Detections]]:
         """Detections per image source, boxes in its own pixels, streamed in input order; see
         :func:`kldet.inference.sliced.sliced_predict`."""
-        results = sliced_predict(
-            map(self._resized, self._warn_on_scale(sources)),
-            self.detect_tiles,
+        results = self._sliced(map(self._resized, self._warn_on_scale(sources)), self.detect_tiles, on_batch)
+        for source, detections in results:
+            if isinstance(source, ResizedSource):
+                sx, sy = source.scale
+                boxes = detections["boxes"] / torch.tensor([sx, sy, sx, sy])
+                detections, source = {**detections, "boxes": boxes}, source.source
+            yield source, detections
+
+    def predict_normalized(self, images: Iterable[Tensor]) -> list[Detections]:
+        """Detections of whole images already normalised as training did ((3, H, W) model inputs, e.g. a
+        :class:`~kldet.data.DetectionDataset` image with ``max_size`` None), boxes in their pixels: the
+        sliced prediction of :meth:`predict_sources`, which validation of a model trained on crops runs
+        (:class:`kldet.lit.KLDetModule`). ``resize`` does not apply."""
+        sources = [TensorSource(image) for image in images]
+        return [detections for _, detections in self._sliced(sources, self.detect_normalized_tiles)]
+
+    def _sliced(
+        self, sources: Iterable[Source], detect: DetectFn, on_batch: Callable[[int], None] | None = None
+    ) -> Iterator[tuple[Source, Detections]]:
+        return sliced_predict(
+            sources,
+            detect,
             tile_size=self.tile_size,
             overlap=self.overlap,
             batch_size=self.batch_size,
@@ -190,12 +237,6 @@ class Predictor:
             max_detections=self.max_detections,
             on_batch=on_batch,
         )
-        for source, detections in results:
-            if isinstance(source, ResizedSource):
-                sx, sy = source.scale
-                boxes = detections["boxes"] / torch.tensor([sx, sy, sx, sy])
-                detections, source = {**detections, "boxes": boxes}, source.source
-            yield source, detections
 
     def _warn_on_scale(self, sources: Iterable[Source]) -> Iterator[Source]:
         """``sources``, with one warning when ``resize`` is unset and one is larger than training's

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from torch import Tensor
 
 from kldet.data.images import IMAGE_SUFFIXES, load_image, read_header
 from kldet.errors import KLDetConfigError, KLDetDataError
@@ -69,6 +70,23 @@ class ArraySource:
 
     def close(self) -> None:
         """Nothing to release: the caller owns the array."""
+
+
+class TensorSource:
+    """An image already made model input: a normalised ``(3, H, W)`` tensor, read as ``(3, h, w)``
+    windows (for :meth:`kldet.inference.Predictor.predict_normalized`, not RGB uint8)."""
+
+    def __init__(self, image: Tensor) -> None:
+        if image.ndim != 3 or image.shape[0] != 3:
+            raise ValueError(f"expected a (3, H, W) tensor, got {tuple(image.shape)}")
+        self.image = image
+        self.height, self.width = image.shape[1:]
+
+    def read(self, x0: int, y0: int, x1: int, y1: int) -> Tensor:
+        return self.image[:, y0:y1, x0:x1]
+
+    def close(self) -> None:
+        """Nothing to release: the caller owns the tensor."""
 
 
 class ResizedSource:

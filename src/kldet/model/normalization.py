@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from torch import Tensor
 
 from kldet.errors import KLDetConfigError
@@ -68,10 +67,6 @@ class InputNormalization:
     def as_preprocess(self) -> dict[str, Any]:
         """``{"channel_order", "mean", "std"}`` with plain lists, as stored in a checkpoint's ``preprocess``."""
         return {"channel_order": self.channel_order, "mean": list(self.mean), "std": list(self.std)}
-
-    def reorder(self, rgb: np.ndarray) -> np.ndarray:
-        """(H, W, 3) RGB pixels in ``channel_order`` (the array itself for RGB)."""
-        return np.ascontiguousarray(rgb[..., ::-1]) if self.channel_order == "BGR" else rgb
 
     def normalize(self, rgb: Tensor) -> Tensor:
         """(..., 3, H, W) float RGB pixels 0..255 -> normalised model input of the same shape."""

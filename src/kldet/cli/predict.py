@@ -100,7 +100,10 @@ def _image_id(file_name: str, index: int, gt_ids: dict[str, int] | None, coco_gt
 def _check(config: PredictConfig) -> None:
     """Settings that cannot work, as one message before anything is loaded."""
     try:
-        overlap_pixels(config.tile_size or TILE_SIZE, OVERLAP if config.overlap is None else config.overlap)
+        overlap_pixels(
+            TILE_SIZE if config.tile_size is None else config.tile_size,
+            OVERLAP if config.overlap is None else config.overlap,
+        )
     except ValueError as error:
         raise KLDetConfigError(f"tile_size={config.tile_size} overlap={config.overlap}: {error}") from None
     if config.batch_size < 1 or config.box_width < 1:

@@ -39,6 +39,11 @@ RESIZE_MODES = ("none", "train")
 TILE_SIZE, OVERLAP = 800, 0.2
 
 
+def _first_given(*values: Any) -> Any:
+    """The first of ``values`` that is not None."""
+    return next(value for value in values if value is not None)
+
+
 class Predictor:
     """Sliced inference with a detector (:class:`kldet.model.KLDet` or :class:`kldet.model.TwoStageKLDet`).
 
@@ -139,8 +144,8 @@ class Predictor:
             normalization=InputNormalization.from_preprocess(preprocess),
             size_divisor=preprocess.get("size_divisor") or SIZE_DIVISOR,
             train_resize=train_resize,
-            tile_size=tile_size or crop.get("crop_size") or TILE_SIZE,
-            overlap=next(value for value in (overlap, crop.get("overlap"), OVERLAP) if value is not None),
+            tile_size=_first_given(tile_size, crop.get("crop_size"), TILE_SIZE),
+            overlap=_first_given(overlap, crop.get("overlap"), OVERLAP),
             **options,
         )
 

@@ -1,6 +1,6 @@
 """Training on crops at native resolution end to end: the AP validation logs is the AP of kldet-predict's
-results on the same images (scored by kldet-eval results=), kldet-eval ckpt= agrees, the checkpoint says
-how kldet-predict tiles, and crop plus resize is one config error."""
+results on the same images (scored by kldet-eval results=), kldet-eval ckpt= agrees, and the checkpoint says
+how kldet-predict tiles. (Crop plus resize is a config error: tests/test_train_robust.py.)"""
 
 import json
 import logging
@@ -20,7 +20,7 @@ from kldet.datamodule import KLDetDataModule
 from kldet.inference.predictor import Predictor
 from kldet.inference.results import detections_to_coco
 from kldet.lit import KLDetModule
-from training import TINY, kldet_train, tiny_config
+from training import TINY, tiny_config
 
 pytestmark = pytest.mark.usefixtures("quiet_single_thread")
 
@@ -219,16 +219,3 @@ def records_of_validation(ckpt, ann, images) -> list[dict]:
         for target, detections in zip(targets, module._predict(batch, targets), strict=True):
             records += detections_to_coco(detections, target["image_id"], target["file_name"], ["car"], [1])
     return records
-
-
-def test_crop_with_resize_is_one_config_error(monkeypatch, capsys, tmp_path, scenes):
-    overrides = [o for o in CROP_TINY if o != "data.max_size=null"]
-    with pytest.raises(SystemExit) as exit_info:
-        kldet_train(
-            monkeypatch, *overrides, "data.max_size=800", *data_keys(scenes), f"hydra.run.dir={tmp_path}"
-        )
-    assert exit_info.value.code == 1
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if "error:" in line]
-    assert "Traceback" not in err and len(lines) == 1
-    assert f"data.crop_size={CROP} with data.max_size=800" in lines[0] and "data.max_size=null" in lines[0]

@@ -103,6 +103,13 @@ def train_fails(monkeypatch, capsys, *argv, base=TINY) -> str:
         ("optimizer._target_=torch.optim.Nope", "optimizer._target_='torch.optim.Nope': cannot be imported"),
         ("data.difficult=maybe", "data.difficult='maybe': choose one of object, ignore"),
         ("seed=-1", "seed=-1: must be in [0, 4.29497e+09]"),
+        # Crops are cut at native resolution: with any data.max_size (TINY's 64) they are refused.
+        (
+            "data.crop_size=128",
+            "data.crop_size=128 with data.max_size=64: crops are cut at native resolution, so set data.max_size=null",
+        ),
+        ("data.crop_min_visibility=1.5", "data.crop_min_visibility=1.5: must be in [0, 1]"),
+        ("data.eval_overlap=1", "data.eval_overlap=1: must be in [0, 1)"),
     ],
 )
 def test_bad_config_values_stop_before_the_data_is_read(monkeypatch, capsys, tmp_path, override, expected):

@@ -54,6 +54,9 @@ class PredictConfig:
         "AVX-512-BF16 or AMX), else fp32; decoding and NMS stay fp32",
     )
     channels_last: bool = option(True, "run the network in the NHWC memory format (faster on CPUs and GPUs)")
+    fold_batchnorm: bool = option(
+        True, "fold the backbone's batch norms into the convs before them (same detections, faster)"
+    )
     batch_size: int = option(4, "tiles per forward pass")
     tile_size: int = option(800, "tile side in pixels, >= 96 for P2-P6 (the network's smallest input)")
     overlap: float = option(0.2, "tile overlap, fraction of tile_size in [0, 1)")
@@ -183,6 +186,7 @@ def predict(config: PredictConfig) -> PredictSummary:
         resize=_resize_value(config.resize),
         precision=config.precision,
         channels_last=config.channels_last,
+        fold_batchnorm=config.fold_batchnorm,
     )
     smallest = smallest_input_size(predictor.model)
     if config.tile_size < smallest:

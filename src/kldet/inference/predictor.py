@@ -12,6 +12,7 @@ Example::
     detections = predictor.predict_image(rgb)  # rgb: (H, W, 3) uint8, any size
 """
 
+import copy
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -30,6 +31,7 @@ from kldet.inference.sliced import sliced_predict, tile_count
 from kldet.inference.sources import ArraySource, ResizedSource
 from kldet.inference.types import Detections, ImageSource, Source
 from kldet.model import Detector, InputNormalization
+from kldet.model import fold_batchnorm as fold_batchnorm_into_convs
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +63,10 @@ class Predictor:
             "fp16": the network's forward pass under autocast; decoding and NMS stay fp32
             (:mod:`kldet.inference.precision`). ``self.precision`` is the resolved one.
         channels_last: run the network in the NHWC memory format (the model is converted in place).
+        fold_batchnorm: run a copy of the model with each batch norm folded into the conv before it
+            (:func:`kldet.model.fold_batchnorm`): the same function (equal in fp32 up to rounding), faster,
+            above all under bf16, where an unfolded norm runs in fp32 between two casts. ``self.model`` is
+            then that copy; ``model`` is left as it was (but for ``eval()`` and the memory format).
     """
 
     def __init__(
@@ -80,6 +86,7 @@ class Predictor:
         train_resize: Mapping[str, Any] | None = None,
         precision: str = "auto",
         channels_last: bool = True,
+        fold_batchnorm: bool = True,
     ) -> None:
         if resize == "train" and train_resize is None:
             raise KLDetConfigError(
@@ -92,6 +99,9 @@ class Predictor:
         self.precision = resolve_precision(precision, self.device)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = model.eval().to(memory_format=self.memory_format)
+        if fold_batchnorm:
+            self.model = copy.deepcopy(self.model)
+            fold_batchnorm_into_convs(self.model)
         self.classes, self.category_ids = list(classes), list(category_ids)
         self.normalization = normalization
         self.size_divisor = size_divisor

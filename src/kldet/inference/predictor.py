@@ -27,7 +27,7 @@ from kldet.data.dataset import SIZE_DIVISOR, padded_size
 from kldet.data.transforms import recorded_resize_policy, resized_size
 from kldet.errors import KLDetConfigError
 from kldet.inference.precision import autocast, resolve_precision
-from kldet.inference.sliced import sliced_predict, tile_count
+from kldet.inference.sliced import MATCH_METRICS, MERGE_MODES, sliced_predict, tile_count
 from kldet.inference.sources import ArraySource, ResizedSource
 from kldet.inference.types import Detections, ImageSource, Source
 from kldet.model import Detector, InputNormalization
@@ -49,8 +49,11 @@ class Predictor:
         size_divisor: tiles are zero-padded to a multiple of this.
         tile_size, overlap: see :func:`kldet.inference.tiling.make_tiles`.
         batch_size: tiles per forward pass.
-        iou_thresh: class-wise NMS IoU across tiles; ``None``: the model's own ``nms_thresh`` (the merge
-            is exact only when the two agree, see :mod:`kldet.inference.sliced`).
+        iou_thresh: class-wise NMS IoU across tiles (with ``merge="nmm"``: the match threshold); ``None``:
+            the model's own ``nms_thresh`` (the NMS merge is exact only when the two agree, see
+            :mod:`kldet.inference.sliced`).
+        merge, match: ``"nms"`` (the exact default) or ``"nmm"`` (greedy non-maximum merging), and NMM's
+            match metric ``"iou"`` or ``"ios"``; see :func:`kldet.inference.sliced.merge_tiles`.
         max_detections: cap per image after merging (``None``: none; a scene can hold many thousands).
         resize: ``"none"``: native pixels; ``"train"``: scale each image as training did (``train_resize``;
             with ``{"resize": "longer_side", "max_size": M}`` the longer side becomes M, up or down); an
@@ -82,6 +85,8 @@ class Predictor:
         batch_size: int = 4,
         iou_thresh: float | None = None,
         max_detections: int | None = None,
+        merge: str = "nms",
+        match: str = "iou",
         resize: str | int | None = None,
         train_resize: Mapping[str, Any] | None = None,
         precision: str = "auto",
@@ -95,6 +100,11 @@ class Predictor:
             )
         if resize is not None and resize not in RESIZE_MODES and not (isinstance(resize, int) and resize > 0):
             raise KLDetConfigError(f"resize={resize}: use none, train or a positive longer side in pixels")
+        if merge not in MERGE_MODES or match not in MATCH_METRICS or (merge == "nms" and match != "iou"):
+            raise KLDetConfigError(
+                f"merge={merge} match={match}: merge is {' or '.join(MERGE_MODES)}, match is "
+                f"{' or '.join(MATCH_METRICS)}, and match=ios needs merge=nmm"
+            )
         self.device = next(model.parameters()).device
         self.precision = resolve_precision(precision, self.device)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -108,6 +118,7 @@ class Predictor:
         self.tile_size, self.overlap, self.batch_size = tile_size, overlap, batch_size
         self.iou_thresh = model.postprocessor.nms_thresh if iou_thresh is None else iou_thresh
         self.max_detections = max_detections
+        self.merge, self.match = merge, match
         self.resize, self.train_resize = resize, dict(train_resize) if train_resize is not None else None
 
     @classmethod
@@ -198,6 +209,8 @@ class Predictor:
             batch_size=self.batch_size,
             iou_thresh=self.iou_thresh,
             max_detections=self.max_detections,
+            merge=self.merge,
+            match=self.match,
             on_batch=on_batch,
         )
         for source, detections in results:

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from kldet.data.images import IMAGE_SUFFIXES, load_image, read_header
+from kldet.data.raster import RasterPreprocess
 from kldet.errors import KLDetConfigError, KLDetDataError
 from kldet.inference.geo import RasterFile
 from kldet.inference.types import ImageSource
@@ -100,12 +101,17 @@ class ResizedSource:
         self.source.close()
 
 
-def open_image(path: str | os.PathLike) -> ImageSource:
-    """An image file as a source: GeoTIFFs through rasterio when it is installed, everything else OpenCV."""
+def open_image(path: str | os.PathLike, raster: RasterPreprocess = RasterPreprocess()) -> ImageSource:
+    """An image file as a source: GeoTIFFs through rasterio when it is installed (bands and stretch as
+    ``raster`` says, :mod:`kldet.data.raster`), everything else OpenCV (8-bit RGB as decoded in training).
+
+    Raises:
+        KLDetConfigError: ``raster`` asks for bands or a stretch of a GeoTIFF and rasterio is missing.
+    """
     path = Path(path)
     if path.suffix.lower() in GEOTIFF_SUFFIXES:
-        if importlib.util.find_spec("rasterio") is not None:
-            return RasterFile(path)
+        if importlib.util.find_spec("rasterio") is not None or raster != RasterPreprocess():
+            return RasterFile(path, raster)
         # Python shows a warning once per call site: once per run, not once per file.
         warnings.warn(
             "rasterio is not installed: TIFF files are decoded whole with OpenCV and no GeoJSON is "

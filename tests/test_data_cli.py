@@ -99,7 +99,7 @@ def test_check_dior_and_coco(tmp_path, capsys):
         (["synth", "out=/tmp/x", "num_images=many"], 1, "num_images: Value 'many'"),
         (["synth", "out"], 1, "expected key=value arguments"),
         (["merge"], 1, "unknown command 'merge'"),
-        ([], 1, "kldet-data: error: no command: use synth, check, convert or show"),
+        ([], 1, "kldet-data: error: no command: use synth, check, convert, show or tile"),
         (["--help"], 0, "kldet-data convert from=dota|yolo|visdrone|xview"),
         (["convert", "--help"], 0, "names            str | None     yolo: class names"),
         (["--help"], 0, "kldet-data check format=dior root=DIR split=NAME"),

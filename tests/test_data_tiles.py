@@ -172,10 +172,16 @@ def test_every_object_smaller_than_the_overlap_is_whole_in_some_tile(width, heig
 
 
 def test_split_by_scene_puts_each_scene_in_one_split_and_the_output_passes_check(tmp_path, capsys):
-    scenes = {
-        f"s{i}.png": (noise(150 + 20 * i, 260, seed=i), [{"category_id": 3, "bbox": [5 + 10 * i, 40, 8, 6]}])
-        for i in range(5)
-    }
+    # Five scenes with four objects each, every object painted in its own colour: a tile box must cover
+    # exactly pixels of that colour.
+    scenes, colours = {}, {}
+    for i in range(5):
+        pixels, objects = noise(150 + 20 * i, 260, seed=i), []
+        for k in range(4):
+            x, y = 15 + 60 * k + 3 * i, 30 + 25 * k
+            pixels[y : y + 8, x : x + 10] = colours[(f"s{i}.png", x, y)] = (255, 40 * k, 50 * i)
+            objects.append({"category_id": 3, "bbox": [x, y, 10, 8]})
+        scenes[f"s{i}.png"] = (pixels, objects)
     ann, images = write_scenes(tmp_path, scenes)
     runs = {}
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
@@ -184,9 +190,22 @@ def test_split_by_scene_puts_each_scene_in_one_split_and_the_output_passes_check
         train, val = (set(s for s, _, _ in read_split(out, split)[1]) for split in ("train", "val"))
         assert not train & val and train | val == set(scenes) and len(val) == 2
         runs[name] = val
-    assert runs["a"] == runs["b"]  # deterministic per seed
+    assert runs["a"] == runs["b"] != runs["c"]  # deterministic per seed
+    painted = 0
     for split in ("train", "val"):
         assert main(["check", "format=coco", f"root={tmp_path / 'a'}", f"split={split}"]) == 0
+        coco, keyed = read_split(tmp_path / "a", split)
+        for image in coco["images"]:
+            tile = load_image(tmp_path / "a" / "images" / split / image["file_name"])
+            for _, (x0, y0, x1, y1), _, crowd in keyed[(image["scene"], image["x0"], image["y0"])]:
+                inside = tile[round(y0) : round(y1), round(x0) : round(x1)]
+                if not crowd and (x1 - x0, y1 - y0) == (10, 8):  # a whole object: its scene corner is the key
+                    colour = colours[(image["scene"], x0 + image["x0"], y0 + image["y0"])]
+                    assert (inside == colour).all()
+                    painted += 1
+                elif not crowd:  # a visible part of a cut object: its colour, whatever the object
+                    assert (inside[..., 0] == 255).all() and inside.size
+    assert painted >= 20  # every object whole at least once
     assert "no problems found" in capsys.readouterr().out
 
 
@@ -230,16 +249,29 @@ def test_a_dior_set_of_scenes_smaller_than_the_tile_and_a_difficult_object_ignor
         f"out={out}",
         "split_by=none",
     ]
-    assert main([*argv, "difficult=ignore", "progress=false"]) == 0
+    assert main([*argv, "difficult=ignore", "image_format=jpg", "progress=false"]) == 0
     coco, keyed = read_split(out, "tiles")
     # One tile of the scene's own 64 x 64; every VOC coordinate minus 1 (as read_dior reads them); DIOR's
     # category ids; the difficult vehicle an ignored region.
     assert [(i["width"], i["height"], i["scene"], i["file_name"]) for i in coco["images"]] == [
-        (64, 64, "00001.jpg", "00001_0_0.png")
+        (64, 64, "00001.jpg", "00001_0_0.jpg")
     ]
     ship, vehicle = 14, 19
     expected = [(ship, (10, 20, 29, 39), 361, 0), (vehicle, (40, 4, 49, 13), 81, 1)]
     assert keyed[("00001.jpg", 0, 0)] == expected
+
+
+def test_lenient_tiles_the_good_scenes_and_counts_the_skipped(tmp_path, capsys):
+    box = [{"category_id": 3, "bbox": [10, 10, 8, 8]}]
+    ann, images = write_scenes(
+        tmp_path, {"a.png": (noise(100, 100, 0), box), "b.png": (noise(100, 100, 1), box)}
+    )
+    (images / "b.png").unlink()
+    assert tile_cli(ann, images, tmp_path / "strict", "split_by=none") == 1
+    assert "b.png not found" in capsys.readouterr().err
+    assert tile_cli(ann, images, tmp_path / "lenient", "split_by=none", "lenient=true") == 0
+    assert {scene for scene, _, _ in read_split(tmp_path / "lenient", "tiles")[1]} == {"a.png"}
+    assert "1 problem(s) skipped" in capsys.readouterr().out
 
 
 def test_a_geotiff_scene_is_read_tile_by_tile(tmp_path, monkeypatch):
@@ -257,7 +289,7 @@ def test_a_geotiff_scene_is_read_tile_by_tile(tmp_path, monkeypatch):
         "dtype": "uint8",
         "crs": "EPSG:32633",
     }
-    profile["transform"] = rasterio.transform.from_origin(500000.0, 4600000.0, 0.5, 0.5)  # 0.5 m pixels
+    profile["transform"] = rasterio.Affine(0.5, 0.0, 500000.0, 0.0, -0.5, 4600000.0)  # 0.5 m pixels
     with rasterio.open(images / "scene.tif", "w", **profile) as raster:
         raster.write(pixels.transpose(2, 0, 1))
     coco = {

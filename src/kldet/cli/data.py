@@ -392,7 +392,7 @@ def _tile(config: TileConfig, console: Console) -> int:
             f"-> {split.annotation_file}"
         )
     notes = (
-        [f"{len(dataset.problems)} problems skipped (kldet-data check lists them)"]
+        [f"{len(dataset.problems)} problem(s) skipped (kldet-data check lists them)"]
         if dataset.problems
         else []
     )

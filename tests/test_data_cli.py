@@ -106,6 +106,9 @@ def test_check_dior_and_coco(tmp_path, capsys):
         (["--help"], 0, "add decode=true to decode every image"),
         (["synth", "--help"], 0, "val_fraction"),
         (["check", "-h"], 0, "decode every image"),
+        (["--help"], 0, "kldet-data tile format=aitod|dior|coco"),
+        (["tile", "--help"], 0, "min_visibility   float"),
+        (["tile", "out=/tmp/x", "size=big"], 1, "size: Value 'big'"),
     ],
 )
 def test_bad_arguments_give_a_message_not_a_traceback(argv, status, words, capsys):

@@ -18,6 +18,7 @@ from kldet.cli.data import main
 from kldet.data import load_image
 from kldet.data.records import Record
 from kldet.data.tiles import tile_annotations
+from kldet.errors import KLDetDataError
 from kldet.inference.tiling import make_tiles
 
 CATEGORIES = [{"id": 3, "name": "ship"}, {"id": 7, "name": "vehicle"}]  # ids kept, not 1..C
@@ -314,6 +315,44 @@ def test_a_geotiff_scene_is_read_tile_by_tile(tmp_path, monkeypatch):
     for image in coco["images"]:
         tile = load_image(out / "images" / "tiles" / image["file_name"])
         assert np.array_equal(tile, pixels[image["y0"] : image["y0"] + 128, image["x0"] : image["x0"] + 128])
+
+
+def test_a_16_bit_four_band_geotiff_is_tiled_to_8_bit_rgb_with_the_chosen_bands_and_stretch(tmp_path, capsys):
+    rasterio = pytest.importorskip("rasterio")
+    bands = np.random.default_rng(5).integers(100, 4000, (4, 200, 230)).astype(np.uint16)  # B, G, R, NIR
+    images = tmp_path / "scenes"
+    images.mkdir()
+    profile = {"driver": "GTiff", "width": 230, "height": 200, "count": 4, "dtype": "uint16"}
+    profile.update(crs="EPSG:32633", transform=rasterio.Affine(0.5, 0.0, 500000.0, 0.0, -0.5, 4600000.0))
+    with rasterio.open(images / "scene.tif", "w", **profile) as raster:
+        raster.write(bands)
+    coco = {
+        "images": [{"id": 1, "file_name": "scene.tif", "width": 230, "height": 200}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [40, 50, 10, 10], "iscrowd": 0}],
+        "categories": CATEGORIES,
+    }
+    ann = tmp_path / "scene.json"
+    ann.write_text(json.dumps(coco))
+    # The scene reads (its size from rasterio: PIL cannot identify it); training refuses its pixels.
+    assert main(["check", "format=coco", f"ann={ann}", f"images={images}"]) == 0
+    with pytest.raises(KLDetDataError, match=r"scene\.tif: not an 8-bit.*kldet-data tile bands="):
+        load_image(images / "scene.tif")
+    out = tmp_path / "out"
+    options = ("size=128", "empty_fraction=1.0", "split_by=none", "bands=[3,2,1]", "stretch=[2,98]")
+    assert tile_cli(ann, images, out, *options) == 0
+    # Independently: R, G, B = bands 3, 2, 1, each mapped so its 2nd / 98th percentile is 0 / 255.
+    expected = np.empty((200, 230, 3), np.uint8)
+    for channel, band in enumerate((3, 2, 1)):
+        values = bands[band - 1].astype(np.float64)
+        low, high = np.percentile(values, [2, 98])
+        expected[..., channel] = np.clip(np.rint((values - low) * 255 / (high - low)), 0, 255)
+    coco, _ = read_split(out, "tiles")
+    assert len(coco["images"]) == 4
+    for image in coco["images"]:
+        tile = load_image(out / "images" / "tiles" / image["file_name"])
+        x0, y0 = image["x0"], image["y0"]
+        difference = np.abs(tile.astype(int) - expected[y0 : y0 + 128, x0 : x0 + 128])
+        assert difference.max() <= 1 and (difference > 0).mean() < 0.001  # rounding at .5 only
 
 
 def test_one_decoded_scene_in_memory_at_a_time(tmp_path, monkeypatch):

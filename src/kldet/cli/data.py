@@ -15,7 +15,7 @@ kldet-data show format=aitod|dior|coco ann=FILE images=DIR out=DIR [ids=[1,2]] [
     true positives, false positives and misses at IoU 0.5 (the colours kldet-eval plots= draws)
 kldet-data tile format=aitod|dior|coco ann=FILE images=DIR (or root=DIR split=NAME) out=DIR [size=800]
     [overlap=0.2] [min_visibility=0.5] [cut_boxes=ignore|drop] [empty_fraction=0.1] [split_by=scene|none]
-    [val_fraction=0.2] [seed=0] [image_format=png|jpg] [lenient=true]
+    [val_fraction=0.2] [seed=0] [image_format=png|jpg] [lenient=true] [bands=[3,2,1] stretch=[2,98]]
     scenes cut into kldet-predict's tile grid: out/images/<split>/<scene>_<x0>_<y0>.png and
     out/annotations/<split>.json (train + val by whole scenes, or tiles), each image entry with its scene
     and offset; one scene in memory at a time (GeoTIFFs: one tile)
@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from omegaconf import MISSING
@@ -175,6 +176,13 @@ class TileConfig(DataSetKeys):
     val_fraction: float = option(0.2, "split_by=scene: share of the scenes in val")
     seed: int = option(0, "draws the val scenes and the empty tiles kept")
     image_format: TileImageFormat = option(TileImageFormat.png, "png or jpg tiles")
+    bands: list[int] | None = option(
+        None, "GeoTIFF scenes: bands written as R, G, B, 1-based: three, e.g. [3,2,1], or one repeated"
+    )
+    stretch: Any = option(
+        None,
+        "GeoTIFF scenes of 16-bit or float pixels: [low,high] percentiles per band to 8 bit, e.g. [2,98]",
+    )
     lenient: bool = option(
         False, "skip bad images and annotations (counted) instead of stopping at the first"
     )
@@ -338,6 +346,7 @@ def _show(config: ShowConfig, console: Console) -> int:
 def _tile(config: TileConfig, console: Console) -> int:
     from kldet.cli.dotlist import check_writable_folder
     from kldet.data.formats import locate_split
+    from kldet.data.raster import RasterPreprocess
     from kldet.data.tiles import check_tile_settings, write_tiles
 
     out, format = Path(config.out), config.format.value
@@ -352,6 +361,7 @@ def _tile(config: TileConfig, console: Console) -> int:
         "image_format": config.image_format.value,
     }
     check_tile_settings(**settings)
+    raster = RasterPreprocess.from_options(config.bands, config.stretch)
     for key in ("ann", "images", "root"):
         value = getattr(config, key)
         if value is not None and not (Path(value).is_file() if key == "ann" else Path(value).is_dir()):
@@ -382,6 +392,7 @@ def _tile(config: TileConfig, console: Console) -> int:
         image_root=image_root,
         seed=config.seed,
         progress=config.progress,
+        raster=raster,
         **settings,
     )
     for name, split in summary.splits.items():

@@ -165,6 +165,16 @@ def rasterio_module(submodule: str = "") -> Any:
         ) from error
 
 
+def raster_size(path: str | os.PathLike) -> tuple[int, int] | None:
+    """``(width, height)`` of a raster from its header with rasterio; None when rasterio is not installed
+    or cannot open the file."""
+    try:
+        with open_raster(path) as dataset:
+            return dataset.width, dataset.height
+    except (KLDetConfigError, KLDetDataError):
+        return None
+
+
 def open_raster(path: str | os.PathLike) -> Any:
     """``rasterio.open(path)`` for reading; a TIFF without georeferencing opens without a warning.
 

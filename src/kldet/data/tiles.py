@@ -43,6 +43,7 @@ from tqdm import tqdm
 
 from kldet.data.coco import to_coco
 from kldet.data.convert import write_json_atomic
+from kldet.data.raster import RasterPreprocess
 from kldet.data.records import DetectionSet, Record
 from kldet.errors import KLDetConfigError, KLDetDataError
 from kldet.inference.render import save_image
@@ -194,6 +195,7 @@ def write_tiles(
     seed: int = 0,
     image_format: str = "png",
     progress: bool = False,
+    raster: RasterPreprocess = RasterPreprocess(),
 ) -> TilingSummary:
     """Cuts the scenes of ``dataset`` into tiles and writes them with COCO JSON per split.
 
@@ -216,6 +218,9 @@ def write_tiles(
         split_by, val_fraction, seed: see :func:`scene_splits`; ``seed`` also draws the empty tiles kept.
         image_format: ``"png"`` or ``"jpg"``.
         progress: a progress bar of the tiles written, on stderr.
+        raster: how GeoTIFF scenes' bands become 8-bit RGB (:mod:`kldet.data.raster`): give kldet-predict the
+            same ``bands=`` and ``stretch=`` on the scenes, so that it sees the pixels training saw (the
+            percentiles are per scene, in both).
 
     Raises:
         KLDetConfigError: a setting out of range.
@@ -281,7 +286,7 @@ def write_tiles(
     with tqdm(total=len(written), unit="tile", desc=f"writing {out}", disable=not progress) as bar:
         for scene, scene_tiles in itertools.groupby(written, key=lambda planned_tile: planned_tile.scene):
             record, split = records[scene], splits[scene]
-            source = open_image(record.image_path)
+            source = open_image(record.image_path, raster)
             try:
                 if (source.width, source.height) != (record.width, record.height):
                     raise KLDetDataError(

@@ -15,13 +15,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from kldet.data.images import IMAGE_SUFFIXES, load_image, read_header
+from kldet.data.images import IMAGE_SUFFIXES, TIFF_SUFFIXES, load_image, read_header
 from kldet.data.raster import RasterPreprocess
 from kldet.errors import KLDetConfigError, KLDetDataError
 from kldet.inference.geo import RasterFile
 from kldet.inference.types import ImageSource
-
-GEOTIFF_SUFFIXES = (".tif", ".tiff")
 
 
 class ImageFile:
@@ -109,7 +107,7 @@ def open_image(path: str | os.PathLike, raster: RasterPreprocess = RasterPreproc
         KLDetConfigError: ``raster`` asks for bands or a stretch of a GeoTIFF and rasterio is missing.
     """
     path = Path(path)
-    if path.suffix.lower() in GEOTIFF_SUFFIXES:
+    if path.suffix.lower() in TIFF_SUFFIXES:
         if importlib.util.find_spec("rasterio") is not None or raster != RasterPreprocess():
             return RasterFile(path, raster)
         # Python shows a warning once per call site: once per run, not once per file.

@@ -1,6 +1,7 @@
 """``kldet-data``: write the synthetic data set, or check a data set and describe it.
 
-kldet-data synth out=DIR num_images=N seed=S [image_size=512] [format=aitod|dior] [val_fraction=0.2]
+kldet-data synth out=DIR num_images=N seed=S [image_size=512] [format=aitod|dior|dota] [val_fraction=0.2]
+    [geotiff=true (dota: georeferenced GeoTIFF scenes)]
 kldet-data check format=aitod ann=FILE images=DIR      (or format=aitod root=DIR split=NAME)
 kldet-data check format=dior root=DIR split=NAME
 kldet-data check format=coco ann=FILE images=DIR       (or format=coco root=DIR split=NAME)
@@ -51,6 +52,7 @@ USAGE = (__doc__ or "").split("\n\n", 1)[1]
 class SynthFormat(Enum):
     aitod = "aitod"
     dior = "dior"
+    dota = "dota"
 
 
 class ConvertSource(Enum):
@@ -74,8 +76,14 @@ class SynthConfig:
     num_images: int = option(200, "images in total (train + val)")
     seed: int = option(0, "image i is drawn from the random state [seed, i]")
     image_size: int = option(512, "side of the square images in pixels")
-    format: SynthFormat = option(SynthFormat.aitod, "aitod (COCO JSON + PNG) or dior (VOC XML + JPEG)")
+    format: SynthFormat = option(
+        SynthFormat.aitod,
+        "aitod (COCO JSON + PNG), dior (VOC XML + JPEG) or dota (labelTxt + PNG: scenes to convert and tile)",
+    )
     val_fraction: float = option(0.2, "fraction of the images in the val split")
+    geotiff: bool = option(
+        False, "dota: georeferenced GeoTIFF scenes (UTM 33N, 0.5 m pixels; needs rasterio)"
+    )
 
 
 @dataclass
@@ -239,14 +247,22 @@ def _synth(config: SynthConfig, console: Console) -> int:
         format=config.format.value,
         val_fraction=config.val_fraction,
         progress=True,
+        geotiff=config.geotiff,
     )
     console.print(
         f"wrote {config.num_images} images of {config.image_size}x{config.image_size} to {config.out}"
     )
     for split, path in written.items():
         console.print(f"  {split}: {path}")
-    check = f"format={config.format.value} root={config.out} split=train"
-    console.print(f"check it with: kldet-data check {check}")
+    if config.format is SynthFormat.dota:
+        train = Path(config.out) / "train"
+        console.print(
+            f"convert it with: kldet-data convert from=dota labels={train / 'labelTxt'} "
+            f"images={train / 'images'} out={Path(config.out) / 'train.json'}"
+        )
+    else:
+        check = f"format={config.format.value} root={config.out} split=train"
+        console.print(f"check it with: kldet-data check {check}")
     return EXIT_OK
 
 

@@ -11,9 +11,10 @@ Each case runs in a fresh subprocess so its peak resident memory (``VmHWM``) is 
 - ``800x800``: ``--images`` random images from memory through :class:`kldet.inference.Predictor`, after one
   warm-up image; images/s.
 - ``scene``: one ``--scene`` px square PNG read from disk (36 tiles at 4,000 px); seconds.
-- ``modes``: 800x800 images/s of fp32 (contiguous: kldet-predict before it had precision options), fp32 +
-  channels_last, bf16 and bf16 + channels_last, interleaved image by image in one process, and the
-  ratio to the first.
+- ``modes``: 800x800 images/s of fp32 (contiguous, batch norms unfolded: kldet-predict before it had
+  these options), fp32 + channels_last, the same with the batch norms folded into the convs, bf16,
+  bf16 + channels_last and bf16 + channels_last + folded (kldet-predict's default on a bf16 CPU),
+  interleaved image by image in one process, and the ratio to the first.
 - ``big scene, stub``: a ``--big-scene`` px square PNG through the same streaming and merging with the
   network replaced by a stub returning 200 random boxes per tile: the memory of the pipeline itself
   (decoded image + a batch of tiles + detections), which must not grow with the number of tiles.
@@ -51,7 +52,9 @@ def peak_rss_mb() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
 
 
-def make_predictor(args, precision: str | None = None, channels_last: bool = True) -> Predictor:
+def make_predictor(
+    args, precision: str | None = None, channels_last: bool = True, fold_batchnorm: bool = True
+) -> Predictor:
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "random weights"
@@ -63,15 +66,18 @@ def make_predictor(args, precision: str | None = None, channels_last: bool = Tru
         batch_size=args.batch_size,
         precision=precision or args.precision,
         channels_last=channels_last,
+        fold_batchnorm=fold_batchnorm,
     )
 
 
-#: (precision, channels_last) of the ``modes`` case, the first being the reference.
+#: (precision, channels_last, fold_batchnorm) of the ``modes`` case, the first being the reference.
 MODES = {
-    "fp32": ("fp32", False),
-    "fp32 + channels_last": ("fp32", True),
-    "bf16": ("bf16", False),
-    "bf16 + channels_last": ("bf16", True),
+    "fp32": ("fp32", False, False),
+    "fp32 + channels_last": ("fp32", True, False),
+    "fp32 + channels_last + folded BN": ("fp32", True, True),
+    "bf16": ("bf16", False, False),
+    "bf16 + channels_last": ("bf16", True, False),
+    "bf16 + channels_last + folded BN": ("bf16", True, True),
 }
 
 

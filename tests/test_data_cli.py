@@ -99,13 +99,16 @@ def test_check_dior_and_coco(tmp_path, capsys):
         (["synth", "out=/tmp/x", "num_images=many"], 1, "num_images: Value 'many'"),
         (["synth", "out"], 1, "expected key=value arguments"),
         (["merge"], 1, "unknown command 'merge'"),
-        ([], 1, "kldet-data: error: no command: use synth, check, convert or show"),
+        ([], 1, "kldet-data: error: no command: use synth, check, convert, show or tile"),
         (["--help"], 0, "kldet-data convert from=dota|yolo|visdrone|xview"),
         (["convert", "--help"], 0, "names            str | None     yolo: class names"),
         (["--help"], 0, "kldet-data check format=dior root=DIR split=NAME"),
         (["--help"], 0, "add decode=true to decode every image"),
         (["synth", "--help"], 0, "val_fraction"),
         (["check", "-h"], 0, "decode every image"),
+        (["--help"], 0, "kldet-data tile format=aitod|dior|coco"),
+        (["tile", "--help"], 0, "min_visibility   float"),
+        (["tile", "out=/tmp/x", "size=big"], 1, "size: Value 'big'"),
     ],
 )
 def test_bad_arguments_give_a_message_not_a_traceback(argv, status, words, capsys):

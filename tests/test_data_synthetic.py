@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from kldet.data import AITOD_CLASSES, DIOR_CLASSES, find_aitod_split, read_aitod, read_dior
+from kldet.data.convert import convert
 from kldet.data.stats import box_sizes
 from kldet.data.synthetic import _Scene, generate, synthesize_image
 from kldet.errors import KLDetConfigError
@@ -73,6 +74,41 @@ def test_dior_layout_uses_dior_names_and_leaves_out_unshared_classes(tmp_path):
         ]
 
 
+@pytest.mark.parametrize("geotiff", [False, True])
+def test_dota_layout_converts_back_to_the_drawn_boxes_and_geotiffs_are_georeferenced(tmp_path, geotiff):
+    if geotiff:
+        rasterio = pytest.importorskip("rasterio")
+    written = generate(tmp_path, 3, seed=4, image_size=200, format="dota", val_fraction=0.34, geotiff=geotiff)
+    assert written == {"train": tmp_path / "train/labelTxt", "val": tmp_path / "val/labelTxt"}
+    suffix = ".tif" if geotiff else ".png"
+    assert sorted(p.name for p in (tmp_path / "train/images").iterdir()) == [
+        f"P0001{suffix}",
+        f"P0002{suffix}",
+    ]
+    conversion = convert("dota", tmp_path / "train/labelTxt", tmp_path / "train/images")
+    by_name = {image["file_name"]: image for image in conversion.coco["images"]}
+    dota_names = [{"airplane": "plane", "vehicle": "small-vehicle"}.get(n, n) for n in AITOD_CLASSES]
+    for i in (0, 1):
+        pixels, boxes, labels = synthesize_image(np.random.default_rng([4, i]), 200, [0, 1, 2, 3, 4, 5])
+        image = by_name[f"P000{i + 1}{suffix}"]
+        assert image["gsd"] == 0.5 and image["imagesource"] == "kldet-synthetic"
+        annotations = [a for a in conversion.coco["annotations"] if a["image_id"] == image["id"]]
+        xywh = np.array([a["bbox"] for a in annotations]).reshape(-1, 4)
+        np.testing.assert_allclose(np.c_[xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], boxes)
+        names = [conversion.classes[a["category_id"] - 1] for a in annotations]
+        assert names == [dota_names[label] for label in labels]
+        if geotiff:
+            with rasterio.open(tmp_path / "train/images" / image["file_name"]) as raster:
+                assert raster.crs.to_epsg() == 32633 and raster.res == (0.5, 0.5)
+                assert raster.transform.c == 500_000 + i * 200 * 0.5  # scene i lies east of scene i - 1
+                np.testing.assert_array_equal(raster.read().transpose(1, 2, 0), pixels)
+
+
+def test_geotiff_is_only_for_the_dota_layout(tmp_path):
+    with pytest.raises(KLDetConfigError, match="only format=dota"):
+        generate(tmp_path, 2, seed=0, format="aitod", geotiff=True)
+
+
 @pytest.fixture(scope="module")
 def many_scenes():
     return [synthesize_image(np.random.default_rng([11, i]), 512) for i in range(60)]
@@ -132,7 +168,7 @@ def test_objects_never_touch():
 
 
 def test_bad_arguments_are_config_errors(tmp_path):
-    with pytest.raises(KLDetConfigError, match="'aitod' or 'dior'"):
+    with pytest.raises(KLDetConfigError, match="written as aitod, dior, dota"):
         generate(tmp_path, 2, 0, format="coco")
     with pytest.raises(KLDetConfigError, match="num_images >= 1"):
         generate(tmp_path, 0, 0)

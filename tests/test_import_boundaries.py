@@ -85,6 +85,11 @@ def test_kldet_data_help_and_check_run_without_lightning_hydra_or_torch(syntheti
     assert not loaded
 
 
+def test_kldet_data_tile_runs_without_lightning_hydra_or_torch(synthetic_root: Path, tmp_path: Path):
+    argv = ["tile", "format=aitod", f"root={synthetic_root}", "split=train", f"out={tmp_path}", "size=96"]
+    assert loaded_by_cli("kldet.cli.data", [*argv, "progress=false"]) == (0, set())
+
+
 def test_lazy_package_names_are_the_modules_objects_and_unknown_names_fail():
     import kldet.data
     import kldet.data.coco

@@ -169,17 +169,19 @@ def test_geotiff_windows_and_geojson_in_the_image_crs(tmp_path):
         CLASSES,
         CATEGORY_IDS,
         "scene.tif",
+        vector_crs="image",
     )
     (feature,) = collection["features"]
     assert collection["crs"]["properties"]["name"] == "EPSG:32633"
+    # Counter-clockwise in map coordinates (north up): bottom-left, bottom-right, top-right, top-left.
     assert feature["geometry"]["coordinates"] == [
-        [[500_005.0, 3_999_995.0], [500_015.0, 3_999_995.0], [500_015.0, 3_999_990.0], [500_005.0, 3_999_990.0],
-         [500_005.0, 3_999_995.0]]
+        [[500_005.0, 3_999_990.0], [500_015.0, 3_999_990.0], [500_015.0, 3_999_995.0], [500_005.0, 3_999_995.0],
+         [500_005.0, 3_999_990.0]]
     ]  # fmt: skip
     assert feature["properties"]["category_id"] == 6 and feature["properties"]["bbox"] == [10, 20, 20, 20]
 
 
-def test_geotiff_that_is_not_8_bit_is_a_clear_error(tmp_path):
+def test_geotiff_that_is_not_8_bit_without_a_stretch_is_a_clear_error(tmp_path):
     rasterio = pytest.importorskip("rasterio")
     from kldet.inference.geo import RasterFile
 
@@ -189,7 +191,7 @@ def test_geotiff_that_is_not_8_bit_is_a_clear_error(tmp_path):
         transform=rasterio.Affine(0.1, 0.0, 10.0, 0.0, -0.1, 50.0),
     ) as dataset:  # fmt: skip
         dataset.write(np.zeros((1, 8, 8), np.uint16))
-    with pytest.raises(KLDetDataError, match="dem.tif: uint16"):
+    with pytest.raises(KLDetDataError, match=r"dem.tif: uint16 pixels.*stretch=\[2,98\]"):
         RasterFile(path)
 
 

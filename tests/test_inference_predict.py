@@ -328,12 +328,26 @@ def test_kldet_predict_geotiff_writes_geojson(checkpoint, tmp_path):
     assert predict_main(args) == 0
     collection = json.loads((out / "geojson" / "scene.geojson").read_text())
     records = json.loads((out / "results.json").read_text())
-    assert collection["crs"]["properties"]["name"] == "EPSG:32632"
+    assert "crs" not in collection  # RFC 7946: EPSG:4326 lon/lat
     assert len(collection["features"]) == len(records) > 0
     x, y, w, h = records[0]["bbox"]
-    ring = collection["features"][0]["geometry"]["coordinates"][0]
-    assert ring[0] == pytest.approx([300_000 + 2 * x, 5_000_000 - 2 * y], abs=0.05)
-    assert ring[2] == pytest.approx([300_000 + 2 * (x + w), 5_000_000 - 2 * (y + h)], abs=0.05)
+    ring = np.array(collection["features"][0]["geometry"]["coordinates"][0])
+    lon, lat = pytest.importorskip("rasterio.warp").transform(
+        "EPSG:32632",
+        "EPSG:4326",
+        [300_000 + 2 * x, 300_000 + 2 * (x + w)],
+        [5_000_000 - 2 * (y + h), 5_000_000 - 2 * y],
+    )
+    # bbox is rounded to 0.01 px (2 cm here): about 3e-7 degrees.
+    assert ring.min(0) == pytest.approx([lon[0], lat[0]], abs=1e-6)
+    assert ring.max(0) == pytest.approx([lon[1], lat[1]], abs=1e-6)
+
+    assert predict_main([*args, f"out={tmp_path / 'projected'}", "vector_crs=image", "render=false"]) == 0
+    collection = json.loads((tmp_path / "projected" / "geojson" / "scene.geojson").read_text())
+    assert collection["crs"]["properties"]["name"] == "EPSG:32632"
+    ring = np.array(collection["features"][0]["geometry"]["coordinates"][0])
+    assert ring.min(0) == pytest.approx([300_000 + 2 * x, 5_000_000 - 2 * (y + h)], abs=0.05)
+    assert ring.max(0) == pytest.approx([300_000 + 2 * (x + w), 5_000_000 - 2 * y], abs=0.05)
 
 
 def predict_args(checkpoint, tmp_path, *extra):
@@ -508,3 +522,108 @@ def test_kldet_predict_bad_coco_gt_is_one_line_naming_the_file(checkpoint, tmp_p
     )
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(gt) in err and words in err and "Traceback" not in err
+
+
+def read_summary(path):
+    import csv
+
+    with path.open() as file:
+        return list(csv.DictReader(file))
+
+
+def test_a_resumed_folder_run_writes_what_an_uninterrupted_one_does(checkpoint, tmp_path, capsys):
+    write_images(tmp_path / "in")
+    save_image(
+        tmp_path / "in" / "z.png", np.random.default_rng(8).integers(0, 256, (90, 100, 3), dtype=np.uint8)
+    )
+    args = [f"ckpt={checkpoint}", f"input={tmp_path / 'in'}", "tile_size=96", "progress=false"]
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    assert predict_main([*args, f"out={whole}"]) == 0
+    assert predict_main([*args, f"out={resumed}"]) == 0
+    # "Interrupt" the second run after its first image: the later ones have left no outputs.
+    for name in ("sub/scene.jpg", "z.png"):
+        (resumed / "scenes" / f"{name}.json").unlink()
+    (resumed / "rendered" / "z.png").unlink()  # scene.jpg keeps its rendering: still predicted again
+    (resumed / "results.json").unlink()
+    kept = (resumed / "scenes" / "small.png.json").stat().st_mtime_ns
+    capsys.readouterr()
+    assert predict_main([*args, f"out={resumed}", "skip_existing=true"]) == 0
+    assert "3 image(s) (1 skipped: their outputs existed)" in capsys.readouterr().err
+    assert (resumed / "scenes" / "small.png.json").stat().st_mtime_ns == kept
+    for name in ("results.json", "images.json"):
+        assert (resumed / name).read_text() == (whole / name).read_text()
+    rows, again = read_summary(whole / "summary.csv"), read_summary(resumed / "summary.csv")
+    assert [{**r, "seconds": None} for r in rows] == [{**r, "seconds": None} for r in again]
+
+    # summary.csv against results.json and the tiling, computed here.
+    records = json.loads((whole / "results.json").read_text())
+    assert [r["file_name"] for r in rows] == ["small.png", "sub/scene.jpg", "z.png"]
+    for row in rows:
+        height, width = int(row["height"]), int(row["width"])
+        mine = [r for r in records if r["file_name"] == row["file_name"]]
+        assert int(row["boxes"]) == len(mine)
+        assert [int(row[name]) for name in CLASSES] == [
+            sum(r["category_name"] == c for r in mine) for c in CLASSES
+        ]
+        assert int(row["tiles"]) == len(make_tiles(height, width, 96, 0.2)) and float(row["seconds"]) >= 0
+    assert [(int(r["width"]), int(r["height"])) for r in rows] == [(80, 60), (200, 150), (100, 90)]
+
+
+def write_geotiff(path, pixels, nodata=None):
+    rasterio = pytest.importorskip("rasterio")
+    count, height, width = pixels.shape
+    with rasterio.open(
+        path, "w", driver="GTiff", width=width, height=height, count=count, dtype=pixels.dtype.name,
+        crs="EPSG:32633", transform=rasterio.Affine(0.5, 0.0, 500_000.0, 0.0, -0.5, 4_000_000.0), nodata=nodata,
+    ) as dataset:  # fmt: skip
+        dataset.write(pixels)
+
+
+def test_a_16_bit_four_band_scene_predicts_as_its_stretched_8_bit_rgb(checkpoint, tmp_path):
+    pixels = np.random.default_rng(6).normal(2000, 500, (4, 100, 140)).clip(1, 65535).astype(np.uint16)
+    pixels[:, :10, :10] = 0  # nodata
+    write_geotiff((tmp_path / "bgrn").mkdir() or tmp_path / "bgrn" / "scene.tif", pixels, nodata=0)
+    rgb = []
+    for band in (3, 2, 1):  # the stretch computed here: 2 and 98 % of the valid pixels to 0 and 255
+        values = pixels[band - 1].astype(np.float64)
+        low, high = np.percentile(values[pixels[band - 1] != 0], [2, 98])
+        stretched = np.clip(np.rint((values - low) / (high - low) * 255), 0, 255)
+        rgb.append(np.where(pixels[band - 1] == 0, 0, stretched).astype(np.uint8))
+    write_geotiff((tmp_path / "rgb").mkdir() or tmp_path / "rgb" / "scene.tif", np.stack(rgb))
+    args = quiet_args(checkpoint, tmp_path / "bgrn")
+    assert predict_main([*args, f"out={tmp_path / 'a'}", "bands=[3,2,1]", "stretch=[2,98]"]) == 0
+    assert predict_main([*quiet_args(checkpoint, tmp_path / "rgb"), f"out={tmp_path / 'b'}"]) == 0
+    records = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert records == json.loads((tmp_path / "b" / "results.json").read_text()) and records
+    assert (tmp_path / "a" / "geojson" / "scene.geojson").read_text() == (
+        tmp_path / "b" / "geojson" / "scene.geojson"
+    ).read_text()
+
+
+def test_kldet_predict_writes_a_geopackage_and_checks_the_new_keys(checkpoint, tmp_path, capsys):
+    raw = pytest.importorskip("pyogrio.raw")
+    (tmp_path / "in").mkdir()
+    write_geotiff(
+        tmp_path / "in" / "scene.tif",
+        np.random.default_rng(3).integers(0, 256, (3, 100, 140), dtype=np.uint8),
+    )
+    args = quiet_args(checkpoint, tmp_path / "in")
+    assert (
+        predict_main([*args, f"out={tmp_path / 'out'}", "vector_format=gpkg", "merge=nmm", "match=ios"]) == 0
+    )
+    meta, _, geometries, _ = raw.read(tmp_path / "out" / "gpkg" / "scene.gpkg", layer="detections")
+    records = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert meta["crs"] == "EPSG:4326" and len(geometries) == len(records) > 0
+    capsys.readouterr()
+    for bad, words in [
+        ("match=ios", "match=ios: only merge=nmm"),
+        ("merge=wbf", "merge=wbf: use nms or nmm"),
+        ("vector_format=shp", "vector_format=shp: use geojson or gpkg"),
+        ("vector_crs=EPSG:3857", "vector_crs=EPSG:3857: use lonlat or image"),
+        ("merge_thresh=1.5", "merge_thresh=1.5: must be in [0, 1]"),
+        ("stretch=[98,2]", "stretch=[98, 2]: give none or [low,high]"),
+        ("bands=[1,2]", "bands=[1, 2]: give three"),
+    ]:
+        assert predict_main([*args, f"out={tmp_path / 'bad'}", bad]) == 1
+        err = capsys.readouterr().err
+        assert words in err and "Traceback" not in err and err.count("kldet-predict:") == 1

@@ -166,6 +166,8 @@ class KLDetModule(L.LightningModule):
         # process's images) in ``evaluation`` for the error analysis.
         self.keep_evaluation = False
         self.evaluation = None
+        # The sliced_predictor of this validation or test epoch (a model trained on crops), made on first use.
+        self._sliced: Predictor | None = None
         # Unreadable files the data sets skipped this epoch, by stage (lenient loading only).
         self._skipped_files: dict[str, set[str]] = {"train": set(), "val": set(), "test": set()}
 
@@ -198,13 +200,20 @@ class KLDetModule(L.LightningModule):
         """How the input images were normalised: ``preprocess``, completed by the model's style."""
         return InputNormalization.from_preprocess(self.hparams["preprocess"], backbone_style(self.model))
 
+    @property
+    def crop_policy(self) -> dict[str, Any] | None:
+        """``{"resize": "crop", "crop_size", "overlap", ...}`` when the model was trained on crops (its
+        ``preprocess`` says so), else None."""
+        policy = recorded_resize_policy(self.hparams["preprocess"] or {}) or {}
+        return policy if policy.get("resize") == "crop" else None
+
     def sliced_predictor(self) -> Predictor | None:
         """The :class:`~kldet.inference.Predictor` of this model that evaluation slices whole images with,
         set up as the checkpoint sets up kldet-predict (tiles, overlap, normalisation, the model's own NMS
-        across tiles); None unless the model was trained on crops. Its precision is the surrounding one
-        (Lightning's autocast)."""
-        policy = recorded_resize_policy(self.hparams["preprocess"] or {}) or {}
-        if policy.get("resize") != "crop":
+        across tiles, batch norms folded: the Predictor's defaults) from the current weights; None unless
+        the model was trained on crops. Its precision is the surrounding one (Lightning's autocast)."""
+        policy = self.crop_policy
+        if policy is None:
             return None
         return Predictor(
             self.model,
@@ -247,12 +256,13 @@ class KLDetModule(L.LightningModule):
     def _predict(self, images: Tensor, targets: Sequence[Mapping[str, Any]]) -> list[dict[str, Tensor]]:
         """Detections in original pixels: the model's on the batch, or sliced over each whole image
         for a model trained on crops."""
-        sliced = self.sliced_predictor()
-        if sliced is not None:
+        if self.crop_policy is not None:
+            if self._sliced is None:  # once per epoch: the weights do not change until its end
+                self._sliced = self.sliced_predictor()
             inputs = [
                 image[:, :h, :w] for image, (h, w) in zip(images, (t["size"] for t in targets), strict=True)
             ]
-            detections = sliced.predict_normalized(inputs)
+            detections = self._sliced.predict_normalized(inputs)
             return [{key: value.to(images.device) for key, value in d.items()} for d in detections]
         return self.model.predict(
             images.contiguous(memory_format=self.memory_format),
@@ -288,11 +298,19 @@ class KLDetModule(L.LightningModule):
                 "epoch %d (step %d): %s", self.current_epoch, self.global_step, summary or "no losses logged"
             )
 
+    def on_validation_epoch_start(self) -> None:
+        self._sliced = None
+
+    def on_test_epoch_start(self) -> None:
+        self._sliced = None
+
     def on_validation_epoch_end(self) -> None:
+        self._sliced = None  # frees its copy of the model
         self._report_skipped("val")
         self._log_metric(self.val_metric, "val")
 
     def on_test_epoch_end(self) -> None:
+        self._sliced = None
         self._report_skipped("test")
         self._log_metric(self.test_metric, "test")
 

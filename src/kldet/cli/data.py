@@ -1,6 +1,7 @@
 """``kldet-data``: write the synthetic data set, or check a data set and describe it.
 
-kldet-data synth out=DIR num_images=N seed=S [image_size=512] [format=aitod|dior] [val_fraction=0.2]
+kldet-data synth out=DIR num_images=N seed=S [image_size=512] [format=aitod|dior|dota] [val_fraction=0.2]
+    [geotiff=true (dota: georeferenced GeoTIFF scenes)]
 kldet-data check format=aitod ann=FILE images=DIR      (or format=aitod root=DIR split=NAME)
 kldet-data check format=dior root=DIR split=NAME
 kldet-data check format=coco ann=FILE images=DIR       (or format=coco root=DIR split=NAME)
@@ -13,6 +14,12 @@ kldet-data show format=aitod|dior|coco ann=FILE images=DIR out=DIR [ids=[1,2]] [
     [results=RES.json] [scale=0] [crops=0] [labels=false]
     PNGs of the ground truth in class colours with a legend; with results=, the detections beside it:
     true positives, false positives and misses at IoU 0.5 (the colours kldet-eval plots= draws)
+kldet-data tile format=aitod|dior|coco ann=FILE images=DIR (or root=DIR split=NAME) out=DIR [size=800]
+    [overlap=0.2] [min_visibility=0.5] [cut_boxes=ignore|drop] [empty_fraction=0.1] [split_by=scene|none]
+    [val_fraction=0.2] [seed=0] [image_format=png|jpg] [lenient=true] [bands=[3,2,1] stretch=[2,98]]
+    scenes cut into kldet-predict's tile grid: out/images/<split>/<scene>_<x0>_<y0>.png and
+    out/annotations/<split>.json (train + val by whole scenes, or tiles), each image entry with its scene
+    and offset; one scene in memory at a time (GeoTIFFs: one tile)
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from omegaconf import MISSING
@@ -44,6 +52,7 @@ USAGE = (__doc__ or "").split("\n\n", 1)[1]
 class SynthFormat(Enum):
     aitod = "aitod"
     dior = "dior"
+    dota = "dota"
 
 
 class ConvertSource(Enum):
@@ -67,8 +76,14 @@ class SynthConfig:
     num_images: int = option(200, "images in total (train + val)")
     seed: int = option(0, "image i is drawn from the random state [seed, i]")
     image_size: int = option(512, "side of the square images in pixels")
-    format: SynthFormat = option(SynthFormat.aitod, "aitod (COCO JSON + PNG) or dior (VOC XML + JPEG)")
+    format: SynthFormat = option(
+        SynthFormat.aitod,
+        "aitod (COCO JSON + PNG), dior (VOC XML + JPEG) or dota (labelTxt + PNG: scenes to convert and tile)",
+    )
     val_fraction: float = option(0.2, "fraction of the images in the val split")
+    geotiff: bool = option(
+        False, "dota: georeferenced GeoTIFF scenes (UTM 33N, 0.5 m pixels; needs rasterio)"
+    )
 
 
 @dataclass
@@ -88,6 +103,21 @@ class DataSetKeys:
         return read_dataset(
             self.format.value, self.root, self.split, self.ann, self.images, strict=False, **options
         )
+
+
+class CutBoxes(Enum):
+    ignore = "ignore"
+    drop = "drop"
+
+
+class SplitBy(Enum):
+    scene = "scene"
+    none = "none"
+
+
+class TileImageFormat(Enum):
+    png = "png"
+    jpg = "jpg"
 
 
 @dataclass
@@ -138,7 +168,45 @@ class ShowConfig(DataSetKeys):
     )
 
 
-_COMMANDS = {"synth": SynthConfig, "check": CheckConfig, "convert": ConvertConfig, "show": ShowConfig}
+@dataclass
+class TileConfig(DataSetKeys):
+    """``kldet-data tile``: cut annotated scenes into training tiles (:func:`kldet.data.tiles.write_tiles`)."""
+
+    out: str = option(MISSING, "output folder (images/<split>/, annotations/<split>.json)")
+    size: int = option(800, "tile side in pixels, >= 96 (kldet-predict's tile_size)")
+    overlap: float = option(0.2, "minimum tile overlap, fraction of size in [0, 1) (kldet-predict's overlap)")
+    min_visibility: float = option(0.5, "a cut object is kept when this share of its area is in the tile")
+    cut_boxes: CutBoxes = option(
+        CutBoxes.ignore, "objects cut below min_visibility: ignore (iscrowd 1) or drop"
+    )
+    empty_fraction: float = option(0.1, "share of the tiles without objects written, per split (1.0: all)")
+    split_by: SplitBy = option(SplitBy.scene, "scene: whole scenes to train or val; none: one tiles split")
+    val_fraction: float = option(0.2, "split_by=scene: share of the scenes in val")
+    seed: int = option(0, "draws the val scenes and the empty tiles kept")
+    image_format: TileImageFormat = option(TileImageFormat.png, "png or jpg tiles")
+    bands: list[int] | None = option(
+        None, "GeoTIFF scenes: bands written as R, G, B, 1-based: three, e.g. [3,2,1], or one repeated"
+    )
+    stretch: Any = option(
+        None,
+        "GeoTIFF scenes of 16-bit or float pixels: [low,high] percentiles per band to 8 bit, e.g. [2,98]",
+    )
+    lenient: bool = option(
+        False, "skip bad images and annotations (counted) instead of stopping at the first"
+    )
+    difficult: str = option(
+        "object", "dior: VOC difficult objects count as objects (object) or are ignored (ignore)"
+    )
+    progress: bool = option(True, "a progress bar on stderr")
+
+
+_COMMANDS = {
+    "synth": SynthConfig,
+    "check": CheckConfig,
+    "convert": ConvertConfig,
+    "show": ShowConfig,
+    "tile": TileConfig,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -151,7 +219,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     if not argv or argv[0] not in _COMMANDS:
         got = f"unknown command {argv[0]!r}" if argv else "no command"
-        return report_error("kldet-data", f"{got}: use synth, check, convert or show (see kldet-data --help)")
+        return report_error(
+            "kldet-data", f"{got}: use synth, check, convert, show or tile (see kldet-data --help)"
+        )
     command, overrides = argv[0], argv[1:]
     if command == "convert":  # `from` is a Python keyword, so the field is `source`
         overrides = ["source=" + a[len("from=") :] if a.startswith("from=") else a for a in overrides]
@@ -160,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = parse_dotlist(schema, overrides, f"kldet-data {command}", schema.__doc__)
         if config is None:
             return EXIT_OK
-        run = {"synth": _synth, "check": _check, "convert": _convert, "show": _show}[command]
+        run = {"synth": _synth, "check": _check, "convert": _convert, "show": _show, "tile": _tile}[command]
         return run(config, console)
     except KLDetError as error:
         return report_error(f"kldet-data {command}", error)
@@ -177,14 +247,22 @@ def _synth(config: SynthConfig, console: Console) -> int:
         format=config.format.value,
         val_fraction=config.val_fraction,
         progress=True,
+        geotiff=config.geotiff,
     )
     console.print(
         f"wrote {config.num_images} images of {config.image_size}x{config.image_size} to {config.out}"
     )
     for split, path in written.items():
         console.print(f"  {split}: {path}")
-    check = f"format={config.format.value} root={config.out} split=train"
-    console.print(f"check it with: kldet-data check {check}")
+    if config.format is SynthFormat.dota:
+        train = Path(config.out) / "train"
+        console.print(
+            f"convert it with: kldet-data convert from=dota labels={train / 'labelTxt'} "
+            f"images={train / 'images'} out={Path(config.out) / 'train.json'}"
+        )
+    else:
+        check = f"format={config.format.value} root={config.out} split=train"
+        console.print(f"check it with: kldet-data check {check}")
     return EXIT_OK
 
 
@@ -278,6 +356,84 @@ def _show(config: ShowConfig, console: Console) -> int:
             if crops is not None:
                 save_image(out / f"{image_id}_crops.png", crops)
     console.print(f"drew {len(ids)} image(s) to {out}")
+    return EXIT_OK
+
+
+def _tile(config: TileConfig, console: Console) -> int:
+    from kldet.cli.dotlist import check_writable_folder
+    from kldet.data.formats import locate_split
+    from kldet.data.raster import RasterPreprocess
+    from kldet.data.tiles import check_tile_settings, write_tiles
+
+    out, format = Path(config.out), config.format.value
+    settings = {
+        "size": config.size,
+        "overlap": config.overlap,
+        "min_visibility": config.min_visibility,
+        "cut_boxes": config.cut_boxes.value,
+        "empty_fraction": config.empty_fraction,
+        "split_by": config.split_by.value,
+        "val_fraction": config.val_fraction,
+        "image_format": config.image_format.value,
+    }
+    check_tile_settings(**settings)
+    raster = RasterPreprocess.from_options(config.bands, config.stretch)
+    for key in ("ann", "images", "root"):
+        value = getattr(config, key)
+        if value is not None and not (Path(value).is_file() if key == "ann" else Path(value).is_dir()):
+            raise KLDetConfigError(f"{key}={value}: no such {'file' if key == 'ann' else 'folder'}")
+    # A tile entry names its scene as the COCO file does (file_name); DIOR: within the image folder.
+    image_root = (
+        None
+        if format == "dior"
+        else locate_split(format, config.root, config.split, config.ann, config.images)[1]
+    )
+    held = [name for name in ("images", "annotations") if (out / name).exists()]
+    if held:
+        raise KLDetConfigError(f"out={out}: already holds {' and '.join(held)}/ (tile into a new folder)")
+    check_writable_folder("out", out)
+    dataset = read_dataset(
+        format,
+        config.root,
+        config.split,
+        config.ann,
+        config.images,
+        difficult=config.difficult,
+        strict=not config.lenient,
+        progress=config.progress,
+    )
+    summary = write_tiles(
+        dataset,
+        out,
+        image_root=image_root,
+        seed=config.seed,
+        progress=config.progress,
+        raster=raster,
+        **settings,
+    )
+    for name, split in summary.splits.items():
+        console.print(
+            f"{name}: scenes {split.scenes}, tiles written {split.tiles} (without objects: {split.empty_kept} "
+            f"kept, {split.empty_dropped} dropped); boxes: {split.objects} objects, {split.ignored} ignored; "
+            f"cut below min_visibility: {split.cut_ignored} ignored, {split.cut_dropped} dropped "
+            f"-> {split.annotation_file}"
+        )
+    notes = (
+        [f"{len(dataset.problems)} problem(s) skipped (kldet-data check lists them)"]
+        if dataset.problems
+        else []
+    )
+    if summary.objects_in_no_tile:
+        notes.append(
+            f"{summary.objects_in_no_tile} objects in no tile (cut below min_visibility everywhere: larger "
+            "than the overlap)"
+        )
+    if summary.zero_area_boxes:
+        notes.append(f"{summary.zero_area_boxes} boxes of zero area in their scene left out")
+    for note in notes:
+        console.print(note, style="yellow")
+    first = next(iter(summary.splits))
+    console.print(f"check it with: kldet-data check format=coco root={out} split={first}")
     return EXIT_OK
 
 

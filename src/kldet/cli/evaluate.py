@@ -213,11 +213,11 @@ def checkpoint_and_data(cfg: DictConfig, overrides: list[str] = ()) -> tuple[KLD
     # The images are normalised as in training (the checkpoint's channel order, mean and std), whatever
     # model the configuration names; a model trained on crops is evaluated on whole native images, sliced
     # as in its validation (whatever data.max_size says).
-    sliced = module.sliced_predictor()
+    crop = module.crop_policy
     native = (
         {}
-        if sliced is None
-        else {"max_size": None, "crop_size": sliced.tile_size, "eval_overlap": sliced.overlap}
+        if crop is None
+        else {"max_size": None, "crop_size": crop["crop_size"], "eval_overlap": crop["overlap"]}
     )
     datamodule = build_datamodule(cfg, normalization=module.normalization.as_preprocess(), **native)
     # Only the evaluated split has to exist.

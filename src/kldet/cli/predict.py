@@ -8,18 +8,26 @@ Usage::
 resolution unless ``resize=train`` (scale them as training did) or ``resize=N`` (longer side N px);
 anything larger than ``tile_size`` is then cut into overlapping tiles. EXIF orientation is ignored, as
 in training: boxes refer to the stored pixels. ``out`` receives
-``results.json`` (COCO results list), ``images.json`` (the matching COCO images/categories), ``rendered/``
-(images with boxes) and, for georeferenced GeoTIFFs, ``geojson/`` (boxes in the image's CRS).
+``results.json`` (COCO results list), ``images.json`` (the matching COCO images/categories), ``summary.csv``
+(per image: size, tiles, boxes per class, seconds), ``scenes/`` (each image's part of the results, which
+``skip_existing=true`` resumes from), ``rendered/`` (images with boxes) and, for georeferenced GeoTIFFs,
+``geojson/`` (RFC 7946: EPSG:4326 lon/lat; ``vector_crs=image`` for the image's CRS) or ``gpkg/``
+(``vector_format=gpkg``). ``bands=`` / ``stretch=`` read multi-band and 16-bit or float GeoTIFFs.
 Run ``kldet-predict --help`` for every key. ``output=`` is the former name of ``out=``: it still works
 in this release, with a one-line deprecation note.
 """
 
+import csv
 import dataclasses
+import importlib.util
 import json
 import logging
 import sys
+import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import MISSING
@@ -27,15 +35,18 @@ from tqdm import tqdm
 
 from kldet.cli.dotlist import check_writable_folder, option, run_dotlist_cli
 from kldet.cli.report import report_error
-from kldet.errors import KLDetConfigError
+from kldet.data.raster import RasterPreprocess
+from kldet.errors import KLDetConfigError, KLDetDataError
 from kldet.inference.export import smallest_input_size
-from kldet.inference.geo import detections_to_geojson
+from kldet.inference.geo import VECTOR_CRS, VECTOR_SUFFIXES, detections_to_geojson, write_geopackage
 from kldet.inference.precision import resolve_precision
 from kldet.inference.predictor import OVERLAP, RESIZE_MODES, TILE_SIZE, Predictor
 from kldet.inference.render import auto_scale, draw_detections, save_image
 from kldet.inference.results import detections_to_coco, image_ids_from_coco, write_results
+from kldet.inference.sliced import MATCH_METRICS, MERGE_MODES
 from kldet.inference.sources import find_images, open_image
 from kldet.inference.tiling import overlap_pixels
+from kldet.inference.types import ImageSource
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +65,9 @@ class PredictConfig:
         "AVX-512-BF16 or AMX), else fp32; decoding and NMS stay fp32",
     )
     channels_last: bool = option(True, "run the network in the NHWC memory format (faster on CPUs and GPUs)")
+    fold_batchnorm: bool = option(
+        True, "fold the backbone's batch norms into the convs before them (same detections, faster)"
+    )
     batch_size: int = option(4, "tiles per forward pass")
     tile_size: int | None = option(
         None,
@@ -83,7 +97,30 @@ class PredictConfig:
         0, "rendered images enlarged by this integer factor (nearest neighbour); 0: small images to >= 768 px"
     )
     box_width: int = option(1, "rendered box outline in pixels, outside the box")
-    geojson: bool = option(True, "write GeoJSON for georeferenced GeoTIFFs")
+    merge: str = option(
+        "nms", "merging across tiles: nms (core ownership + class-wise NMS, exact) or nmm (greedy merging)"
+    )
+    match: str = option("iou", "the nmm match metric: iou or ios (intersection over the smaller box)")
+    merge_thresh: float | None = option(
+        None, "IoU (nms) or match (nmm) threshold across tiles in [0, 1] (default: nms_thresh)"
+    )
+    bands: list[int] | None = option(
+        None, "GeoTIFF bands read as R, G, B, 1-based: three, e.g. [3,2,1], or one repeated (default: 1-3)"
+    )
+    stretch: Any = option(
+        None,
+        "GeoTIFF pixels to 8 bit: none (uint8 passed as is) or [low,high] percentiles per band, e.g. [2,98]",
+    )
+    geojson: bool = option(True, "write vector boxes (vector_format) for georeferenced GeoTIFFs")
+    vector_format: str = option(
+        "geojson", "geojson (out/geojson/) or gpkg (GeoPackage, out/gpkg/; needs pyogrio)"
+    )
+    vector_crs: str = option(
+        "lonlat", "lonlat (EPSG:4326; GeoJSON as RFC 7946, without a crs member) or image (the image's CRS)"
+    )
+    skip_existing: bool = option(
+        False, "skip images whose outputs exist in out/ (a resumed run); results.json covers all images"
+    )
     progress: bool = option(True, "show a progress bar")
 
 
@@ -112,7 +149,7 @@ def _check(config: PredictConfig) -> None:
         )
     if config.render_scale < 0:
         raise KLDetConfigError(f"render_scale={config.render_scale}: must be >= 0 (0: automatic)")
-    for key in ("score_thresh", "nms_thresh"):
+    for key in ("score_thresh", "nms_thresh", "merge_thresh"):
         value = getattr(config, key)
         if value is not None and not 0.0 <= value <= 1.0:
             raise KLDetConfigError(f"{key}={value}: must be in [0, 1]")
@@ -121,6 +158,22 @@ def _check(config: PredictConfig) -> None:
             f"max_detections={config.max_detections}: must be at least 1 (leave it unset to keep all boxes)"
         )
     _resize_value(config.resize)
+    choices = {
+        "merge": MERGE_MODES,
+        "match": MATCH_METRICS,
+        "vector_format": tuple(VECTOR_SUFFIXES),
+        "vector_crs": VECTOR_CRS,
+    }
+    for key, allowed in choices.items():
+        if getattr(config, key) not in allowed:
+            raise KLDetConfigError(f"{key}={getattr(config, key)}: use {' or '.join(allowed)}")
+    if config.match != "iou" and config.merge != "nmm":
+        raise KLDetConfigError(f"match={config.match}: only merge=nmm has a match metric (merge=nms is IoU)")
+    if config.vector_format == "gpkg" and importlib.util.find_spec("pyogrio") is None:
+        raise KLDetConfigError(
+            "vector_format=gpkg needs pyogrio: pip install 'kldet[geo]' (or pip install pyogrio)"
+        )
+    RasterPreprocess.from_options(config.bands, config.stretch)
     try:
         device = torch.device(config.device)
     except RuntimeError as error:
@@ -165,17 +218,90 @@ class PredictSummary:
     images: int
     boxes: int
     images_without_boxes: int
+    skipped: int = 0
 
     def __str__(self) -> str:
+        skipped = f" ({self.skipped} skipped: their outputs existed)" if self.skipped else ""
         return (
-            f"wrote {self.results} and {self.results.with_name('images.json')}: {self.images} image(s), "
+            f"wrote {self.results} and {self.results.with_name('images.json')}: {self.images} image(s){skipped}, "
             f"{self.boxes} box(es), {self.images_without_boxes} image(s) without boxes"
         )
 
 
+def _scene_file(output: Path, file_name: str) -> Path:
+    """Where one image's results part is kept (``out/scenes/<file_name>.json``)."""
+    return output / "scenes" / f"{file_name}.json"
+
+
+def _outputs(config: PredictConfig, output: Path, file_name: str, source: ImageSource) -> dict[str, Path]:
+    """The files a run writes for one image: ``scene`` (its results part), ``rendered``, ``vectors``."""
+    paths = {"scene": _scene_file(output, file_name)}
+    if config.render:
+        paths["rendered"] = output / "rendered" / file_name
+    if config.geojson and getattr(source, "georeferenced", False):
+        suffix = VECTOR_SUFFIXES[config.vector_format]
+        paths["vectors"] = (output / config.vector_format / file_name).with_suffix(suffix)
+    return paths
+
+
+def _write_vectors(path: Path, config: PredictConfig, source, detections, predictor, file_name: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arguments = (
+        detections,
+        source.transform,
+        source.crs,
+        predictor.classes,
+        predictor.category_ids,
+        file_name,
+    )
+    if config.vector_format == "gpkg":
+        path.unlink(missing_ok=True)  # a GeoPackage is a database: start it afresh
+        write_geopackage(path, *arguments, vector_crs=config.vector_crs)
+    else:
+        path.write_text(json.dumps(detections_to_geojson(*arguments, vector_crs=config.vector_crs)))
+
+
+def _write_json(path: Path, content: Any) -> None:
+    """``content`` as JSON, written to a temporary file first so that an interrupted run leaves none."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(content))
+    partial.replace(path)
+
+
+def _read_scene(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise KLDetDataError(
+            f"{path}: cannot read this scene's results ({error}); delete it to predict again"
+        ) from None
+
+
+def _write_summary(path: Path, scenes: list[dict], classes: Sequence[str]) -> None:
+    """``summary.csv``: per image its size, tiles, boxes, boxes per class and seconds."""
+    with path.open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["file_name", "width", "height", "tiles", "boxes", *classes, "seconds"])
+        for scene in scenes:
+            counts = Counter(record["category_name"] for record in scene["records"])
+            writer.writerow(
+                [scene["file_name"], scene["width"], scene["height"], scene["tiles"], len(scene["records"])]
+                + [counts[name] for name in classes]
+                + [scene["seconds"]]
+            )
+
+
 def predict(config: PredictConfig) -> PredictSummary:
-    """Run the prediction a :class:`PredictConfig` describes."""
+    """Run the prediction a :class:`PredictConfig` describes.
+
+    Each image's results go to ``out/scenes/<file_name>.json`` as soon as it is done (with its rendering
+    and vector file); ``results.json``, ``images.json`` and ``summary.csv`` are then assembled from those
+    parts in input order, so a run resumed with ``skip_existing=true`` writes the same files as an
+    uninterrupted one.
+    """
     _check(config)
+    raster = RasterPreprocess.from_options(config.bands, config.stretch)
     output = Path(config.out)
     files, root = find_images(config.input, exclude=output)
     check_writable_folder("out", output)
@@ -189,10 +315,14 @@ def predict(config: PredictConfig) -> PredictSummary:
         tile_size=config.tile_size,
         overlap=config.overlap,
         batch_size=config.batch_size,
+        iou_thresh=config.merge_thresh,
         max_detections=config.max_detections,
+        merge=config.merge,
+        match=config.match,
         resize=_resize_value(config.resize),
         precision=config.precision,
         channels_last=config.channels_last,
+        fold_batchnorm=config.fold_batchnorm,
     )
     smallest = smallest_input_size(predictor.model)
     if predictor.tile_size < smallest:
@@ -200,23 +330,31 @@ def predict(config: PredictConfig) -> PredictSummary:
             f"tile_size={predictor.tile_size}: this network takes tiles of at least {smallest} px "
             f"(its coarsest stride is {predictor.model.strides[-1]})"
         )
-    sources = [open_image(path) for path in files]
     file_names = [path.relative_to(root).as_posix() for path in files]
-    _warn_exif_orientation(sources, file_names)
-    images, records, without_boxes = [], [], 0
-    total = predictor.tile_count(sources)
+    sources = [open_image(path, raster) for path in files]
+    outputs = [
+        _outputs(config, output, name, source) for name, source in zip(file_names, sources, strict=True)
+    ]
+    todo = [
+        index
+        for index, paths in enumerate(outputs)
+        if not (config.skip_existing and all(path.exists() for path in paths.values()))
+    ]
+    _warn_exif_orientation([sources[i] for i in todo], [file_names[i] for i in todo])
+    total = predictor.tile_count([sources[i] for i in todo])
     with tqdm(total=total, unit="tile", disable=not config.progress, file=sys.stderr) as bar:
-        for index, (source, detections) in enumerate(predictor.predict_sources(sources, on_batch=bar.update)):
-            file_name = file_names[index]  # sources come back in input order
-            image_id = _image_id(file_name, index, gt_ids, config.coco_gt)
-            images.append(
-                {"id": image_id, "file_name": file_name, "width": source.width, "height": source.height}
+        started = time.perf_counter()
+        results = predictor.predict_sources([sources[i] for i in todo], on_batch=bar.update)
+        for index, (source, detections) in zip(todo, results, strict=True):  # in input order
+            file_name, paths = file_names[index], outputs[index]
+            records = detections_to_coco(
+                detections,
+                _image_id(file_name, index, gt_ids, config.coco_gt),
+                file_name,
+                predictor.classes,
+                predictor.category_ids,
             )
-            records += detections_to_coco(
-                detections, image_id, file_name, predictor.classes, predictor.category_ids
-            )
-            bar.set_postfix_str(f"{file_name}: {len(detections['boxes'])} boxes", refresh=False)
-            without_boxes += len(detections["boxes"]) == 0
+            bar.set_postfix_str(f"{file_name}: {len(records)} boxes", refresh=False)
             if config.render:
                 drawn = draw_detections(
                     source.read(0, 0, source.width, source.height),
@@ -228,21 +366,24 @@ def predict(config: PredictConfig) -> PredictSummary:
                     legend=True,
                 )
                 source.close()
-                save_image(output / "rendered" / file_name, drawn)
-            if config.geojson and getattr(source, "georeferenced", False):
-                collection = detections_to_geojson(
-                    detections,
-                    source.transform,
-                    source.crs,
-                    predictor.classes,
-                    predictor.category_ids,
-                    file_name,
-                )
-                path = (output / "geojson" / file_name).with_suffix(".geojson")
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(json.dumps(collection))
+                save_image(paths["rendered"], drawn)
+            if "vectors" in paths:
+                _write_vectors(paths["vectors"], config, source, detections, predictor, file_name)
+            finished = time.perf_counter()
+            scene = {"file_name": file_name, "width": source.width, "height": source.height}
+            scene |= {"tiles": predictor.tile_count([source]), "seconds": round(finished - started, 3)}
+            _write_json(paths["scene"], {**scene, "records": records})
+            started = finished
+    scenes = [_read_scene(paths["scene"]) for paths in outputs]
+    images, records = [], []
+    for index, scene in enumerate(scenes):
+        image_id = _image_id(scene["file_name"], index, gt_ids, config.coco_gt)
+        images.append({"id": image_id, **{key: scene[key] for key in ("file_name", "width", "height")}})
+        records += [{**record, "image_id": image_id} for record in scene["records"]]
     results_path, _ = write_results(output, images, records, predictor.classes, predictor.category_ids)
-    return PredictSummary(results_path, len(images), len(records), without_boxes)
+    _write_summary(output / "summary.csv", scenes, predictor.classes)
+    without_boxes = sum(not scene["records"] for scene in scenes)
+    return PredictSummary(results_path, len(images), len(records), without_boxes, len(files) - len(todo))
 
 
 def renamed_keys(argv: Sequence[str], renamed: Mapping[str, str], prog: str) -> list[str]:

@@ -24,10 +24,14 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from kldet.data.raster import raster_size
 from kldet.errors import KLDetDataError
 
 #: File suffixes taken for images (compared lower-case), by the folder readers and by kldet-predict.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
+
+#: TIFF suffixes: GeoTIFFs among them may be multi-band or 16-bit (:mod:`kldet.data.raster`).
+TIFF_SUFFIXES = (".tif", ".tiff")
 
 #: EXIF tag number of ``Orientation``; values 5-8 swap width and height when applied.
 EXIF_ORIENTATION = 0x0112
@@ -63,6 +67,11 @@ def read_header(path: str | Path) -> tuple[int, int, int]:
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         raise FileNotFoundError(path) from None
     except UnidentifiedImageError:
+        # A multi-band or 16-bit GeoTIFF: its size from rasterio (when installed), the pixels for
+        # prediction and tiling through kldet.data.raster (load_image refuses them, see there).
+        size = raster_size(path) if Path(path).suffix.lower() in TIFF_SUFFIXES else None
+        if size is not None:
+            return (*size, 1)
         raise KLDetDataError("not an image file PIL can identify") from None
     except (OSError, SyntaxError, ValueError) as error:
         raise KLDetDataError(f"corrupt image header ({error})") from None
@@ -121,12 +130,28 @@ def load_image(path: str | Path) -> np.ndarray:
     reason = truncation(data)
     if reason is not None:
         raise KLDetDataError(f"image file {path} cannot be decoded: {reason}")
+    if path.suffix.lower() in TIFF_SUFFIXES and not _eight_bit_tiff(path):
+        raise KLDetDataError(
+            f"image file {path}: not an 8-bit RGB or grey TIFF (16-bit, float or multi-band pixels); training "
+            "takes 8-bit RGB: cut such scenes into 8-bit tiles with kldet-data tile bands=[3,2,1] "
+            "stretch=[2,98], and give kldet-predict the same bands= and stretch="
+        )
     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     del data  # release the encoded file before the conversion
     if bgr is None:
         raise KLDetDataError(f"image file {path} cannot be decoded (corrupt, or not an image OpenCV reads)")
     # In place: a second 300 MB copy of a 10,000 px scene is not needed.
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=bgr)
+
+
+def _eight_bit_tiff(path: Path) -> bool:
+    """Whether PIL reads the TIFF as 8-bit grey, palette or RGB(A) (what OpenCV decodes to RGB faithfully;
+    it would scale 16-bit pixels down by 256 and take the first bands of a multi-band file as B, G, R)."""
+    try:
+        with _no_pixel_limit(), Image.open(path) as image:
+            return image.mode in ("1", "L", "P", "RGB", "RGBA", "LA")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return False
 
 
 def exif_rotation_hint(orientation: int, declared: tuple[int, int], stored: tuple[int, int]) -> str:

@@ -23,8 +23,12 @@ from tqdm import tqdm
 from kldet.data.aitod import AITOD_CLASSES
 from kldet.data.coco import to_coco
 from kldet.data.dior import DIOR_CLASSES, write_voc_xml
+from kldet.data.raster import rasterio_module
 from kldet.data.records import Record
 from kldet.errors import KLDetConfigError, KLDetDataError
+
+#: ``format`` values of :func:`generate`.
+SYNTH_FORMATS = ("aitod", "dior", "dota")
 
 AIRPLANE, BRIDGE, STORAGE_TANK, SHIP, SWIMMING_POOL, VEHICLE, PERSON, WIND_MILL = range(8)
 
@@ -61,6 +65,19 @@ _CARS = np.array(
 )
 _PEOPLE = np.array([[255, 214, 0], [255, 120, 20], [230, 40, 200]], np.float32)
 
+#: AI-TOD classes written in DOTA v1.0 layout under DOTA's names; people and wind mills have no DOTA class.
+DOTA_NAMES = {
+    AIRPLANE: "plane",
+    BRIDGE: "bridge",
+    STORAGE_TANK: "storage-tank",
+    SHIP: "ship",
+    SWIMMING_POOL: "swimming-pool",
+    VEHICLE: "small-vehicle",
+}
+#: The made-up place of the georeferenced DOTA-layout scenes (``geotiff=True``): UTM zone 33N (EPSG:32633),
+#: 0.5 m pixels, scene ``i`` east of scene ``i - 1``.
+GEOTIFF_CRS, GEOTIFF_ORIGIN, GEOTIFF_PIXEL = "EPSG:32633", (500_000.0, 4_600_000.0), 0.5
+
 
 def generate(
     out: str | Path,
@@ -70,6 +87,7 @@ def generate(
     format: str = "aitod",
     val_fraction: float = 0.2,
     progress: bool = False,
+    geotiff: bool = False,
 ) -> dict[str, Path]:
     """Writes a synthetic data set to ``out``.
 
@@ -77,6 +95,11 @@ def generate(
     ids 1..8) and PNG images in ``out/train/`` and ``out/val/``. ``format="dior"``:
     ``out/Annotations/*.xml``, ``out/JPEGImages/*.jpg`` and ``out/ImageSets/Main/{train,val}.txt``,
     with the six classes DIOR shares with AI-TOD (no swimming pools or people are drawn).
+    ``format="dota"``: DOTA's layout, ``out/{train,val}/images/P0001.png`` and ``out/{train,val}/labelTxt/
+    P0001.txt`` (v1.0 lines: the four corners of each box clockwise, the class, ``difficult 0``, after the
+    ``imagesource`` and ``gsd`` header lines), with the six classes of :data:`DOTA_NAMES`: large scenes to
+    convert (``kldet-data convert from=dota``) and tile or crop. ``geotiff=True`` writes the scenes as
+    georeferenced GeoTIFFs (``P0001.tif``, RGB uint8, :data:`GEOTIFF_CRS`; needs rasterio) instead.
 
     Args:
         num_images: total images; the last ``round(num_images * val_fraction)`` form the val split.
@@ -84,15 +107,22 @@ def generate(
         image_size: side of the square images in pixels.
 
     Returns:
-        ``{"train": ..., "val": ...}``: the annotation file (aitod) or split file (dior) of each split.
+        ``{"train": ..., "val": ...}``: the annotation file (aitod), split file (dior) or label folder (dota)
+        of each split.
     """
-    if format not in ("aitod", "dior"):
-        raise KLDetConfigError(f"format={format!r}: the synthetic set is written as 'aitod' or 'dior'")
+    if format not in SYNTH_FORMATS:
+        raise KLDetConfigError(
+            f"format={format!r}: the synthetic set is written as {', '.join(SYNTH_FORMATS)}"
+        )
     if num_images < 1 or image_size < 64 or not 0 <= val_fraction < 1:
         raise KLDetConfigError("need num_images >= 1, image_size >= 64 and 0 <= val_fraction < 1")
+    if geotiff and format != "dota":
+        raise KLDetConfigError(f"geotiff=true: only format=dota writes GeoTIFF scenes, not format={format}")
     out = Path(out)
     num_val = min(round(num_images * val_fraction), num_images - 1)
     splits = {"train": range(num_images - num_val), "val": range(num_images - num_val, num_images)}
+    if format == "dota":
+        return _write_dota(out, splits, seed, image_size, geotiff, progress)
     labels = range(len(AITOD_CLASSES)) if format == "aitod" else sorted(DIOR_NAMES)
     bar = tqdm(total=num_images, desc=f"writing {out}", disable=not progress)
     written = {}
@@ -112,6 +142,46 @@ def generate(
             bar.update()
         written[split] = _write_split(out, split, records, format, image_dir)
     bar.close()
+    return written
+
+
+def _write_dota(
+    out: Path, splits: dict[str, range], seed: int, image_size: int, geotiff: bool, progress: bool
+) -> dict[str, Path]:
+    """The DOTA-layout scenes of :func:`generate`; returns each split's ``labelTxt`` folder."""
+    if geotiff:
+        rasterio = rasterio_module()
+    written = {}
+    with tqdm(total=sum(map(len, splits.values())), desc=f"writing {out}", disable=not progress) as bar:
+        for split, indices in splits.items():
+            image_dir, label_dir = out / split / "images", out / split / "labelTxt"
+            image_dir.mkdir(parents=True, exist_ok=True)
+            label_dir.mkdir(parents=True, exist_ok=True)
+            for i in indices:
+                image, boxes, labels = synthesize_image(
+                    np.random.default_rng([seed, i]), image_size, DOTA_NAMES
+                )
+                stem = f"P{i + 1:04d}"
+                if geotiff:
+                    x, y = GEOTIFF_ORIGIN
+                    transform = rasterio.Affine(
+                        GEOTIFF_PIXEL, 0.0, x + i * image_size * GEOTIFF_PIXEL, 0.0, -GEOTIFF_PIXEL, y
+                    )
+                    profile = {"driver": "GTiff", "width": image_size, "height": image_size, "count": 3}
+                    profile.update(dtype="uint8", crs=GEOTIFF_CRS, transform=transform, compress="deflate")
+                    with rasterio.open(image_dir / f"{stem}.tif", "w", **profile) as raster:
+                        raster.write(image.transpose(2, 0, 1))
+                else:
+                    path = image_dir / f"{stem}.png"
+                    if not cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
+                        raise KLDetDataError(f"cannot write image file {path}")
+                lines = ["imagesource:kldet-synthetic", f"gsd:{GEOTIFF_PIXEL}"]
+                for (x0, y0, x1, y1), label in zip(boxes.tolist(), labels.tolist(), strict=True):
+                    corners = (x0, y0, x1, y0, x1, y1, x0, y1)
+                    lines.append(" ".join(f"{v:g}" for v in corners) + f" {DOTA_NAMES[label]} 0")
+                (label_dir / f"{stem}.txt").write_text("\n".join(lines) + "\n")
+                bar.update()
+            written[split] = label_dir
     return written
 
 

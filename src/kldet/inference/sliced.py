@@ -15,6 +15,13 @@ The merge rule, in two steps:
    within that box's size of the boundary, so NMS runs on that band alone: merging stays fast for a scene
    with hundreds of thousands of boxes, and gives the same result as NMS over all boxes when each tile's
    detections were already NMS-ed at the same IoU threshold (the detector's own post-processing).
+
+``merge="nmm"`` replaces step 2 by SAHI's greedy non-maximum *merging* (:func:`greedy_nmm`) for users who
+want it: boxes matching a higher-scored box of their class are merged into it (the enclosing box) instead
+of being dropped, with IoU or IoS (intersection over the smaller box) as the match. Step 1 still applies
+(SAHI has no ownership): truncated copies are dropped as before, and what NMM merges are the pieces of
+objects larger than the overlap and the copies on either side of a core border. It runs over all boxes
+of the image, not only those near core borders: with IoS a box can match another box of its own tile.
 """
 
 from collections.abc import Callable, Iterable, Iterator
@@ -22,6 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from torch import Tensor
 from torchvision.ops import batched_nms
 
 from kldet.inference.tiling import Tile, make_tiles, tile_starts
@@ -54,22 +62,39 @@ def owned_detections(detections: Detections, tile: Tile) -> Detections:
     }
 
 
+#: ``merge`` values: class-wise NMS (the exact default) or greedy non-maximum merging (SAHI's NMM).
+MERGE_MODES = ("nms", "nmm")
+#: ``match`` values of NMM: intersection over union, or over the smaller box's area.
+MATCH_METRICS = ("iou", "ios")
+
+
 def merge_tiles(
-    parts: list[Detections], iou_thresh: float = 0.5, max_detections: int | None = None
+    parts: list[Detections],
+    iou_thresh: float = 0.5,
+    max_detections: int | None = None,
+    merge: str = "nms",
+    match: str = "iou",
 ) -> Detections:
     """Merge the :func:`owned_detections` of all tiles of one image (step 2 of the module's rule).
 
     Args:
         parts: per tile, "boxes" (K_t, 4), "scores" (K_t,), "labels" (K_t,), "core_margin" (K_t,).
-        iou_thresh: class-wise NMS IoU threshold across tiles.
+        iou_thresh: class-wise NMS IoU threshold across tiles; with ``merge="nmm"`` the match threshold.
         max_detections: keep at most this many boxes, highest scores first (``None``: all).
+        merge: ``"nms"`` (the default rule) or ``"nmm"`` (:func:`greedy_nmm` over all boxes).
+        match: the NMM match metric, ``"iou"`` or ``"ios"`` (only ``"iou"`` with ``merge="nms"``).
 
     Returns:
         "boxes" (K, 4), "scores" (K,), "labels" (K,) sorted by decreasing score.
     """
+    if merge not in MERGE_MODES or match not in MATCH_METRICS or (merge == "nms" and match != "iou"):
+        raise ValueError(f"merge={merge!r} match={match!r}: merge is nms or nmm; match=ios needs merge=nmm")
     boxes = torch.cat([p["boxes"] for p in parts])
     scores = torch.cat([p["scores"] for p in parts])
     labels = torch.cat([p["labels"] for p in parts])
+    if merge == "nmm":
+        merged = greedy_nmm(boxes, scores, labels, iou_thresh, match)
+        return {key: value[:max_detections] for key, value in merged.items()}
     margins = torch.cat([p["core_margin"] for p in parts])
     crossing = margins < 0
     reach = (boxes[crossing, 2:] - boxes[crossing, :2]).max().item() if crossing.any() else 0.0
@@ -78,6 +103,89 @@ def merge_tiles(
     keep = torch.cat([(margins >= reach).nonzero().squeeze(1), kept_near])
     keep = keep[scores[keep].argsort(descending=True, stable=True)][:max_detections]
     return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}
+
+
+def greedy_nmm(
+    boxes: Tensor, scores: Tensor, labels: Tensor, thresh: float, match: str = "iou"
+) -> Detections:
+    """Greedy non-maximum merging, class by class (SAHI's ``greedy_nmm``, without its re-check).
+
+    Boxes are visited by decreasing score (ties: input order). Each box not yet merged is kept and
+    absorbs every not yet merged box of its class whose match with it exceeds ``thresh``; a kept box
+    becomes the enclosing box of itself and what it absorbed, with its own (the highest) score. (SAHI
+    re-checks each absorbed box against the growing box and drops those that no longer match; here all
+    are merged, so the result does not depend on the order of absorption.)
+
+    Only boxes that intersect can match, so the candidate pairs come from a sweep over boxes sorted by
+    their left edge: the work grows with the number of boxes that overlap in x, not with N².
+
+    Args:
+        boxes: (N, 4) xyxy.
+        scores: (N,).
+        labels: (N,) class of each box; boxes of different classes never merge.
+        thresh: a pair matches when its metric is above this.
+        match: ``"iou"`` (intersection over union) or ``"ios"`` (intersection over the smaller area).
+
+    Returns:
+        "boxes" (K, 4), "scores" (K,), "labels" (K,) sorted by decreasing score (dtype of the inputs).
+    """
+    count = len(boxes)
+    xyxy, label = boxes.double().numpy(), labels.numpy()
+    first, second = _intersecting_pairs(xyxy, label)
+    lo, hi = np.maximum(xyxy[first, :2], xyxy[second, :2]), np.minimum(xyxy[first, 2:], xyxy[second, 2:])
+    inter = np.prod(hi - lo, axis=1)
+    area = np.prod(xyxy[:, 2:] - xyxy[:, :2], axis=1)
+    if match == "iou":
+        metric = inter / (area[first] + area[second] - inter)
+    else:
+        metric = inter / np.minimum(area[first], area[second])
+    matched = metric > thresh
+    first, second = first[matched], second[matched]
+    # Both directions, grouped by box: neighbours[start[i]:start[i + 1]] match box i.
+    source, neighbours = np.concatenate([first, second]), np.concatenate([second, first])
+    by_source = np.argsort(source, kind="stable")
+    neighbours = neighbours[by_source]
+    start = np.searchsorted(source[by_source], np.arange(count + 1))
+    group = np.full(count, -1)
+    kept = []
+    for index in torch.sort(scores, descending=True, stable=True).indices.tolist():
+        if group[index] >= 0:
+            continue
+        members = neighbours[start[index] : start[index + 1]]
+        members = members[group[members] < 0]
+        group[index] = group[members] = index
+        kept.append(index)
+    union = xyxy.copy()
+    np.minimum.at(union[:, 0], group, xyxy[:, 0])
+    np.minimum.at(union[:, 1], group, xyxy[:, 1])
+    np.maximum.at(union[:, 2], group, xyxy[:, 2])
+    np.maximum.at(union[:, 3], group, xyxy[:, 3])
+    kept = torch.tensor(kept, dtype=torch.long)
+    return {
+        "boxes": torch.from_numpy(union[kept.numpy()]).to(boxes.dtype).reshape(-1, 4),
+        "scores": scores[kept],
+        "labels": labels[kept],
+    }
+
+
+def _intersecting_pairs(boxes: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs ``(i, j)``, ``i != j`` and each pair once, of same-label boxes whose intersection has
+    a positive area, found by sorting the boxes by (label, left edge) and sweeping."""
+    span = (boxes[:, 2].max() - boxes[:, 0].min() + 1.0) if len(boxes) else 0.0
+    left = boxes[:, 0] + labels * span
+    right = boxes[:, 2] + labels * span
+    order = np.argsort(left, kind="stable")
+    # For the box at sorted position p, the boxes at positions p+1 .. end[p]-1 start left of its right edge.
+    end = np.searchsorted(left[order], right[order], side="left")
+    counts = np.maximum(end - np.arange(len(order)) - 1, 0)
+    position = np.repeat(np.arange(len(order)), counts)
+    offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    first, second = order[position], order[position + 1 + offsets]
+    x_overlap = np.minimum(boxes[first, 2], boxes[second, 2]) > np.maximum(boxes[first, 0], boxes[second, 0])
+    y_overlap = np.minimum(boxes[first, 3], boxes[second, 3]) > np.maximum(boxes[first, 1], boxes[second, 1])
+    same = labels[first] == labels[second]
+    keep = x_overlap & y_overlap & same
+    return first[keep], second[keep]
 
 
 @dataclass
@@ -96,6 +204,8 @@ def sliced_predict(
     batch_size: int = 4,
     iou_thresh: float = 0.5,
     max_detections: int | None = None,
+    merge: str = "nms",
+    match: str = "iou",
     on_batch: Callable[[int], None] | None = None,
 ) -> Iterator[tuple[Source, Detections]]:
     """Detect objects in images of any size, tile by tile, yielding each image's merged detections.
@@ -109,7 +219,7 @@ def sliced_predict(
         detect: the detector on a batch of tiles (see ``DetectFn``); tiles may differ in size.
         tile_size, overlap: see :func:`kldet.inference.tiling.make_tiles`.
         batch_size: tiles per ``detect`` call.
-        iou_thresh, max_detections: see :func:`merge_tiles`.
+        iou_thresh, max_detections, merge, match: see :func:`merge_tiles`.
         on_batch: called with the number of tiles after each ``detect`` call (progress bars).
 
     Yields:
@@ -130,7 +240,7 @@ def sliced_predict(
         batch.clear()
         while open_images and open_images[0].tiles_left == 0:
             done = open_images.pop(0)
-            yield done.source, merge_tiles(done.parts, iou_thresh, max_detections)
+            yield done.source, merge_tiles(done.parts, iou_thresh, max_detections, merge, match)
 
     for source in sources:
         tiles = make_tiles(source.height, source.width, tile_size, overlap)

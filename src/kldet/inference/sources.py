@@ -11,17 +11,19 @@ import importlib.util
 import os
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-from torch import Tensor
 
-from kldet.data.images import IMAGE_SUFFIXES, load_image, read_header
+from kldet.data.images import IMAGE_SUFFIXES, TIFF_SUFFIXES, load_image, read_header
+from kldet.data.raster import RasterPreprocess
 from kldet.errors import KLDetConfigError, KLDetDataError
 from kldet.inference.geo import RasterFile
 from kldet.inference.types import ImageSource
 
-GEOTIFF_SUFFIXES = (".tif", ".tiff")
+if TYPE_CHECKING:  # kldet-data tile reads sources without torch
+    from torch import Tensor
 
 
 class ImageFile:
@@ -76,13 +78,13 @@ class TensorSource:
     """An image already made model input: a normalised ``(3, H, W)`` tensor, read as ``(3, h, w)``
     windows (for :meth:`kldet.inference.Predictor.predict_normalized`, not RGB uint8)."""
 
-    def __init__(self, image: Tensor) -> None:
+    def __init__(self, image: "Tensor") -> None:
         if image.ndim != 3 or image.shape[0] != 3:
             raise ValueError(f"expected a (3, H, W) tensor, got {tuple(image.shape)}")
         self.image = image
         self.height, self.width = image.shape[1:]
 
-    def read(self, x0: int, y0: int, x1: int, y1: int) -> Tensor:
+    def read(self, x0: int, y0: int, x1: int, y1: int) -> "Tensor":
         return self.image[:, y0:y1, x0:x1]
 
     def close(self) -> None:
@@ -118,12 +120,17 @@ class ResizedSource:
         self.source.close()
 
 
-def open_image(path: str | os.PathLike) -> ImageSource:
-    """An image file as a source: GeoTIFFs through rasterio when it is installed, everything else OpenCV."""
+def open_image(path: str | os.PathLike, raster: RasterPreprocess = RasterPreprocess()) -> ImageSource:
+    """An image file as a source: GeoTIFFs through rasterio when it is installed (bands and stretch as
+    ``raster`` says, :mod:`kldet.data.raster`), everything else OpenCV (8-bit RGB as decoded in training).
+
+    Raises:
+        KLDetConfigError: ``raster`` asks for bands or a stretch of a GeoTIFF and rasterio is missing.
+    """
     path = Path(path)
-    if path.suffix.lower() in GEOTIFF_SUFFIXES:
-        if importlib.util.find_spec("rasterio") is not None:
-            return RasterFile(path)
+    if path.suffix.lower() in TIFF_SUFFIXES:
+        if importlib.util.find_spec("rasterio") is not None or raster != RasterPreprocess():
+            return RasterFile(path, raster)
         # Python shows a warning once per call site: once per run, not once per file.
         warnings.warn(
             "rasterio is not installed: TIFF files are decoded whole with OpenCV and no GeoJSON is "

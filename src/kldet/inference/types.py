@@ -5,12 +5,14 @@
 """
 
 from collections.abc import Callable
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import numpy as np
-from torch import Tensor
 
-Detections = dict[str, Tensor]
+if TYPE_CHECKING:  # the sources and GeoTIFF readers (kldet-data tile) run without torch
+    from torch import Tensor
+
+Detections = dict[str, "Tensor"]
 DetectFn = Callable[[list[np.ndarray]], list[Detections]]
 
 

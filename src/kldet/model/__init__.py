@@ -2,7 +2,7 @@
 builder functions of the presets."""
 
 from kldet.model.attention import TaskLevelAttention
-from kldet.model.backbone import ResNetFPN
+from kldet.model.backbone import ResNetFPN, fold_batchnorm
 from kldet.model.builders import (
     PRESETS,
     faster_kldet_r18,
@@ -36,6 +36,7 @@ __all__ = [
     "TwoStageKLDet",
     "decode_boxes",
     "faster_kldet_r18",
+    "fold_batchnorm",
     "faster_kldet_r50",
     "faster_rcnn_r50",
     "fcos_losses",

@@ -183,6 +183,63 @@ class FrozenStatsBatchNorm2d(nn.BatchNorm2d):
         )
 
 
+def _batchnorm_affine(norm: nn.Module) -> tuple[Tensor, Tensor]:
+    """``(scale, shift)`` (C,) such that ``norm(x) == x * scale + shift`` per channel (eval statistics)."""
+    weight = norm.weight if norm.weight is not None else torch.ones_like(norm.running_var)
+    bias = norm.bias if norm.bias is not None else torch.zeros_like(norm.running_mean)
+    scale = weight * (norm.running_var + norm.eps).rsqrt()
+    return scale, bias - norm.running_mean * scale
+
+
+def _conv_norm_pairs(module: nn.Module) -> list[tuple[nn.Module, str, str]]:
+    """``(parent, conv name, norm name)`` of each batch norm that directly follows a conv: torchvision
+    ResNets' ``convK`` -> ``bnK`` (the stem and every block) and a ``Sequential``'s conv -> norm (the
+    shortcut's ``downsample``)."""
+    norms = (FrozenBatchNorm2d, nn.BatchNorm2d)
+    pairs = []
+    for parent in module.modules():
+        children = dict(parent.named_children())
+        if isinstance(parent, nn.Sequential):
+            names = list(children)
+            candidates = list(zip(names, names[1:], strict=False))
+        else:
+            candidates = [("conv" + name[2:], name) for name in children if name.startswith("bn")]
+        for conv, norm in candidates:
+            if isinstance(children.get(conv), nn.Conv2d) and isinstance(children[norm], norms):
+                pairs.append((parent, conv, norm))
+    return pairs
+
+
+@torch.no_grad()
+def fold_batchnorm(module: nn.Module) -> int:
+    """Fold every batch norm that directly follows a conv into that conv's weight and bias, in place.
+
+    In eval mode a batch norm (``FrozenBatchNorm2d``, :class:`FrozenStatsBatchNorm2d`, ``BatchNorm2d``) is a
+    per-channel affine map ``x * scale + shift``, so ``norm(conv(x))`` is one conv with weight ``W * scale``
+    and bias ``b * scale + shift``, and the norm becomes ``nn.Identity``. The result equals the unfolded
+    network in fp32 up to rounding; under bf16 autocast it also saves the two fp32 elementwise passes (and
+    the bf16 -> fp32 -> bf16 casts) of each norm. For inference only: the folded module no longer has the
+    norms' parameters, so it cannot be trained or saved as the original.
+
+    Returns:
+        the number of norms folded.
+
+    Raises:
+        ValueError: ``module`` is in training mode (a training batch norm uses batch statistics).
+    """
+    if module.training:
+        raise ValueError("fold_batchnorm: call module.eval() first (it folds running statistics)")
+    pairs = _conv_norm_pairs(module)
+    for parent, conv_name, norm_name in pairs:
+        conv, norm = getattr(parent, conv_name), getattr(parent, norm_name)
+        scale, shift = _batchnorm_affine(norm)
+        bias = conv.bias if conv.bias is not None else torch.zeros_like(shift)
+        conv.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1).to(conv.weight))
+        conv.bias = nn.Parameter(bias * scale + shift, requires_grad=False)
+        setattr(parent, norm_name, nn.Identity())
+    return len(pairs)
+
+
 # Frozen statistics suit pretrained weights; a backbone trained from random weights needs a norm that
 # learns (plain BatchNorm, or GroupNorm for small batches), else activations are never normalised.
 NORM_LAYERS = {

@@ -11,7 +11,7 @@ ARGS ?=
 CKPT ?=
 
 .PHONY: install test lint bench bench-assign bench-model bench-two-stage bench-data bench-eval bench-startup bench-predict bench-gpu \
-	demo synth train eval sweep tensorboard ablation assignment-stats authors-assignment diagnostics clean
+	demo scenes synth train eval sweep tensorboard ablation assignment-stats authors-assignment diagnostics clean
 
 install: $(STAMP)
 
@@ -37,6 +37,22 @@ demo: install
 	$(BIN)/kldet-train experiment=synthetic hydra.run.dir=$(DEMO_DIR) $(ARGS)
 	$(BIN)/kldet-predict ckpt=$(DEMO_DIR)/checkpoints/best.ckpt 'input=data/synthetic/val/*5.png' \
 		out=$(DEMO_DIR)/predictions score_thresh=0.2
+
+# Whole scenes on generated data: DOTA-style GeoTIFF scenes -> COCO -> training on native-resolution crops,
+# validated by sliced prediction -> kldet-predict on the whole val scenes -> GeoJSON in lon/lat
+# (outputs/scenes/predictions/geojson/). docs/training.md#training-on-large-scenes-crops-at-native-resolution.
+SCENES_DATA := data/scenes
+SCENES_DIR := outputs/scenes
+scenes: install
+	rm -rf $(SCENES_DATA) $(SCENES_DIR)
+	$(BIN)/kldet-data synth format=dota geotiff=true out=$(SCENES_DATA) num_images=40 image_size=1024 seed=0
+	$(BIN)/kldet-data convert from=dota labels=$(SCENES_DATA)/train/labelTxt images=$(SCENES_DATA)/train/images \
+		out=$(SCENES_DATA)/train.json
+	$(BIN)/kldet-data convert from=dota labels=$(SCENES_DATA)/val/labelTxt images=$(SCENES_DATA)/val/images \
+		out=$(SCENES_DATA)/val.json
+	$(BIN)/kldet-train experiment=synthetic_scenes hydra.run.dir=$(SCENES_DIR) $(ARGS)
+	$(BIN)/kldet-predict ckpt=$(SCENES_DIR)/checkpoints/best.ckpt input=$(SCENES_DATA)/val/images \
+		out=$(SCENES_DIR)/predictions
 
 synth: install
 	$(BIN)/kldet-data synth out=data/synthetic num_images=200 seed=0

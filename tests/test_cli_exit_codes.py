@@ -38,7 +38,7 @@ CASES = {
         (["assign", "format=coco", "ann={tmp}/nowhere/ann.json", "images={images}"], "ann.json"),
     ],
     "kldet-data": [
-        ([], "no command: use synth, check, convert or show"),
+        ([], "no command: use synth, check, convert, show or tile"),
         (["merge"], "unknown command 'merge'"),
         (["convert", "from=dota"], "missing required images=... labels=... out=..."),
         (["check", "format=aitod", "root={tmp}", "split=train", "colour=red"], "colour"),

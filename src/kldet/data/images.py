@@ -136,12 +136,23 @@ def load_image(path: str | Path) -> np.ndarray:
             "takes 8-bit RGB: cut such scenes into 8-bit tiles with kldet-data tile bands=[3,2,1] "
             "stretch=[2,98], and give kldet-predict the same bands= and stretch="
         )
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    with _opencv_errors_only():  # libtiff warns of every GeoTIFF tag it does not know, on every decode
+        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     del data  # release the encoded file before the conversion
     if bgr is None:
         raise KLDetDataError(f"image file {path} cannot be decoded (corrupt, or not an image OpenCV reads)")
     # In place: a second 300 MB copy of a 10,000 px scene is not needed.
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=bgr)
+
+
+@contextmanager
+def _opencv_errors_only() -> Iterator[None]:
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    try:
+        yield
+    finally:
+        cv2.utils.logging.setLogLevel(level)
 
 
 def _eight_bit_tiff(path: Path) -> bool:

@@ -177,6 +177,23 @@ def test_style_normalisations_and_their_inverse():
         InputNormalization("GBR")
 
 
+@pytest.mark.parametrize("style", ["pytorch", "caffe"])
+def test_normalisation_equals_albumentations_normalize_to_the_bit(style):
+    # Training fed albumentations' Normalize output before the data pipeline used InputNormalization: the
+    # same bits keep runs repeating (and validation inputs equal kldet-predict's, which uses it too).
+    import albumentations as A
+
+    normalization = input_normalization(style)
+    rgb = np.random.default_rng(0).integers(0, 256, (7, 9, 3), dtype=np.uint8)
+    rgb[0, :3] = [[0, 0, 0], [255, 255, 255], [127, 128, 129]]
+    reference = A.Normalize(mean=normalization.mean, std=normalization.std, max_pixel_value=1.0, p=1.0)
+    ordered = np.ascontiguousarray(rgb[..., ::-1] if normalization.channel_order == "BGR" else rgb)
+    expected = torch.from_numpy(reference(image=ordered)["image"]).permute(2, 0, 1)
+    got = normalization.normalize(torch.from_numpy(rgb).permute(2, 0, 1).float())
+    assert got.dtype == expected.dtype == torch.float32
+    assert torch.equal(got, expected)
+
+
 def write_rgb_png(folder, rgb: np.ndarray) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(folder / "a.png"), rgb[..., ::-1])  # OpenCV writes BGR

@@ -69,11 +69,16 @@ class InputNormalization:
         return {"channel_order": self.channel_order, "mean": list(self.mean), "std": list(self.std)}
 
     def normalize(self, rgb: Tensor) -> Tensor:
-        """(..., 3, H, W) float RGB pixels 0..255 -> normalised model input of the same shape."""
+        """(..., 3, H, W) float RGB pixels 0..255 -> normalised model input of the same shape.
+
+        ``(pixels - mean) * (1 / std)``, with the reciprocal rounded to float32 first: the operations of
+        albumentations' ``Normalize`` on uint8 images, so the input equals what training fed the network
+        before the data pipeline used this function, to the bit (tested), and runs trained then repeat.
+        """
         pixels = rgb.flip(-3) if self.channel_order == "BGR" else rgb
         mean = pixels.new_tensor(self.mean).view(3, 1, 1)
-        std = pixels.new_tensor(self.std).view(3, 1, 1)
-        return (pixels - mean) / std
+        inverse_std = pixels.new_tensor(self.std).view(3, 1, 1).reciprocal()
+        return (pixels - mean) * inverse_std
 
     def denormalize(self, image: Tensor) -> Tensor:
         """Inverse of :meth:`normalize`: (..., 3, H, W) model input -> float RGB pixels 0..255."""

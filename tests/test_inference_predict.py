@@ -326,6 +326,7 @@ def test_kldet_predict_geotiff_writes_geojson(checkpoint, tmp_path):
         "progress=false",
     ]
     assert predict_main(args) == 0
+    assert [p.name for p in (out / "rendered").iterdir()] == ["scene.tif.png"]  # a PNG, not a plain TIFF
     collection = json.loads((out / "geojson" / "scene.geojson").read_text())
     records = json.loads((out / "results.json").read_text())
     assert "crs" not in collection  # RFC 7946: EPSG:4326 lon/lat

@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from kldet.cli.dotlist import check_writable_folder, option, run_dotlist_cli
 from kldet.cli.report import report_error
+from kldet.data.images import TIFF_SUFFIXES
 from kldet.data.raster import RasterPreprocess
 from kldet.errors import KLDetConfigError, KLDetDataError
 from kldet.inference.export import smallest_input_size
@@ -237,7 +238,9 @@ def _outputs(config: PredictConfig, output: Path, file_name: str, source: ImageS
     """The files a run writes for one image: ``scene`` (its results part), ``rendered``, ``vectors``."""
     paths = {"scene": _scene_file(output, file_name)}
     if config.render:
-        paths["rendered"] = output / "rendered" / file_name
+        # A TIFF rendering would be a large plain TIFF named like the GeoTIFF it is not: PNG beside its name.
+        tiff = Path(file_name).suffix.lower() in TIFF_SUFFIXES
+        paths["rendered"] = output / "rendered" / (f"{file_name}.png" if tiff else file_name)
     if config.geojson and getattr(source, "georeferenced", False):
         suffix = VECTOR_SUFFIXES[config.vector_format]
         paths["vectors"] = (output / config.vector_format / file_name).with_suffix(suffix)

@@ -13,7 +13,8 @@ from torch.utils.data import Dataset, get_worker_info
 
 from kldet.data.images import load_image
 from kldet.data.records import Record
-from kldet.data.transforms import DetectionTransform, crop_boxes
+from kldet.data.transforms import DetectionTransform
+from kldet.data.windows import crop_boxes
 from kldet.errors import KLDetDataError
 
 logger = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ class DetectionDataset(Dataset):
     - ``"window"``: ``(x0, y0, x1, y1)`` in original pixels when the transform cut a crop
       (``crop_size``), else None. The crop's boxes follow it; so does the ground truth, ignored boxes
       included: clipped to the window (still in original pixels), by the same visibility rule
-      (:func:`kldet.data.transforms.crop_boxes`), areas scaled by the visible fraction.
+      (:func:`kldet.data.windows.crop_boxes`), areas scaled by the visible fraction.
 
     An image without objects gives empty (0, 4) and (0,) tensors.
 

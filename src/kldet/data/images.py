@@ -16,6 +16,7 @@ scan with the end-of-image marker and that a PNG's chunks run to ``IEND`` before
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -130,7 +131,7 @@ def load_image(path: str | Path) -> np.ndarray:
     reason = truncation(data)
     if reason is not None:
         raise KLDetDataError(f"image file {path} cannot be decoded: {reason}")
-    if path.suffix.lower() in TIFF_SUFFIXES and not _eight_bit_tiff(path):
+    if path.suffix.lower() in TIFF_SUFFIXES and not _eight_bit_tiff(data):
         raise KLDetDataError(
             f"image file {path}: not an 8-bit RGB or grey TIFF (16-bit, float or multi-band pixels); training "
             "takes 8-bit RGB: cut such scenes into 8-bit tiles with kldet-data tile bands=[3,2,1] "
@@ -155,11 +156,12 @@ def _opencv_errors_only() -> Iterator[None]:
         cv2.utils.logging.setLogLevel(level)
 
 
-def _eight_bit_tiff(path: Path) -> bool:
-    """Whether PIL reads the TIFF as 8-bit grey, palette or RGB(A) (what OpenCV decodes to RGB faithfully;
-    it would scale 16-bit pixels down by 256 and take the first bands of a multi-band file as B, G, R)."""
+def _eight_bit_tiff(data: bytes) -> bool:
+    """Whether PIL reads the TIFF file content ``data`` (its header: no second read of the file) as 8-bit
+    grey, palette or RGB(A): what OpenCV decodes to RGB faithfully (it would scale 16-bit pixels down by
+    256 and take the first bands of a multi-band file as B, G, R)."""
     try:
-        with _no_pixel_limit(), Image.open(path) as image:
+        with _no_pixel_limit(), Image.open(io.BytesIO(data)) as image:
             return image.mode in ("1", "L", "P", "RGB", "RGBA", "LA")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         return False

@@ -45,6 +45,7 @@ from kldet.data.coco import to_coco
 from kldet.data.convert import write_json_atomic
 from kldet.data.raster import RasterPreprocess
 from kldet.data.records import DetectionSet, Record
+from kldet.data.windows import crop_boxes
 from kldet.errors import KLDetConfigError, KLDetDataError
 from kldet.inference.render import save_image
 from kldet.inference.sources import open_image
@@ -101,12 +102,10 @@ def tile_annotations(
             is at least this, in ``(0, 1]``.
         cut_boxes: ``"ignore"`` or ``"drop"``: what becomes of an object cut below ``min_visibility``.
     """
-    scene, scene_area = _scene_boxes(record)
-    inside = np.clip(scene, [tile.x0, tile.y0, tile.x0, tile.y0], [tile.x1, tile.y1, tile.x1, tile.y1])
-    widths, heights = inside[:, 2] - inside[:, 0], inside[:, 3] - inside[:, 1]
-    visible = (widths > 0) & (heights > 0) & (scene_area > 0)
-    fraction = np.where(visible, widths * heights / np.where(scene_area > 0, scene_area, 1.0), 0.0)
-    cut = visible & ~record.gt_ignore & (fraction < min_visibility)
+    scene, _ = _scene_boxes(record)
+    inside, fraction, kept = crop_boxes(scene, (tile.x0, tile.y0, tile.x1, tile.y1), min_visibility)
+    visible = fraction > 0
+    cut = visible & ~record.gt_ignore & ~kept
     index = np.flatnonzero(visible & ~cut if cut_boxes == "drop" else visible)
     return TileAnnotations(
         boxes=inside[index] - [tile.x0, tile.y0, tile.x0, tile.y0],

@@ -17,6 +17,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import albumentations as A  # noqa: E402
 from albumentations.pytorch import ToTensorV2  # noqa: E402
 
+from kldet.data.windows import Window, crop_boxes  # noqa: E402
 from kldet.errors import KLDetConfigError  # noqa: E402
 from kldet.model.normalization import InputNormalization  # noqa: E402
 
@@ -67,9 +68,6 @@ def check_crop_settings(max_size: int | None, crop_size: int | None) -> None:
         )
 
 
-Window = tuple[int, int, int, int]
-
-
 def sample_crop(
     height: int,
     width: int,
@@ -114,32 +112,6 @@ def _start_around(low: float, high: float, crop: int, length: int, rng: np.rando
     if first > last:
         return min(max(round((low + high - crop) / 2), 0), length - crop)
     return int(rng.integers(first, last + 1))
-
-
-def crop_boxes(
-    boxes: np.ndarray, window: Window, min_visibility: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Boxes clipped to ``window``, and which of them a crop keeps.
-
-    A box is kept when the part inside the window has a positive area of at least ``min_visibility``
-    times its own area (0: every box that shows at all).
-
-    Args:
-        boxes: (G, 4) ``xyxy`` boxes in image pixels.
-        window: ``(x0, y0, x1, y1)`` in image pixels.
-        min_visibility: visible fraction a box needs to be kept, in [0, 1].
-
-    Returns:
-        the (G, 4) clipped boxes, still in image pixels, the (G,) visible fraction of each box's area (0
-        for an empty box) and the (G,) bool mask of the kept ones.
-    """
-    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-    x0, y0, x1, y1 = window
-    clipped = np.clip(boxes, [x0, y0, x0, y0], [x1, y1, x1, y1])
-    visible = np.prod(np.clip(clipped[:, 2:] - clipped[:, :2], 0, None), axis=1)
-    area = np.prod(np.clip(boxes[:, 2:] - boxes[:, :2], 0, None), axis=1)
-    fraction = np.divide(visible, area, out=np.zeros_like(area), where=area > 0)
-    return clipped, fraction, (fraction > 0) & (fraction >= min_visibility)
 
 
 def resized_size(height: int, width: int, max_size: int | None) -> tuple[int, int]:

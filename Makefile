@@ -30,7 +30,8 @@ lint: install
 	$(BIN)/ruff format --check src tests benchmarks notebooks
 
 # The synthetic tiny-object set (written on first use), trained on the CPU, evaluated (the AI-TOD table),
-# and detections drawn on a few val images (outputs/demo/predictions/rendered/).
+# and detections drawn on a few val images (outputs/demo/predictions/rendered/). It trains in bf16 where the CPU
+# computes it natively (precision=auto), in fp32 elsewhere; `make demo ARGS="precision=32-true"` forces fp32.
 DEMO_DIR := outputs/demo
 demo: install
 	rm -rf $(DEMO_DIR)

@@ -128,6 +128,11 @@ def test_synthetic_is_cpu_sized_and_writes_its_data():
     assert (cfg.trainer.accelerator, cfg.model.backbone, cfg.model.weights) == ("cpu", "resnet18", None)
     assert cfg.data.root == f"{cfg.paths.data_dir}/synthetic"
     assert cfg.data.max_size == cfg.synthetic.image_size <= 512
+    # bf16 where the CPU has it, NHWC (docs/benchmarks.md#training-in-bf16); the scenes experiment keeps the
+    # fp32 its figures were measured in.
+    assert (cfg.trainer.precision, cfg.module.channels_last) == ("auto", True)
+    scenes = job_config("experiment=synthetic_scenes")
+    assert (scenes.trainer.precision, scenes.module.channels_last) == ("32-true", False)
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@ guard, lr scaling, a multirun sweep and the missing-data message."""
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,8 +13,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from helpers import tiny_spec
 from kldet.analysis.model import count_flops
+from kldet.cli import train as train_cli
 from kldet.cli.evaluate import main as kldet_eval
-from kldet.cli.train import build_datamodule, build_module, build_trainer, train
+from kldet.cli.train import build_datamodule, build_module, build_trainer, train, trainer_precision
+from kldet.cli.validate import validate_config
 from kldet.lit import EXAMPLE_INPUT_SIZE, KLDetModule, NonFiniteLossError
 from kldet.model import KLDet
 from kldet.optim import WarmupMultiStep
@@ -235,6 +238,64 @@ def test_channels_last_training_keeps_the_network_and_batches_nhwc(tmp_path, dat
     build_trainer(cfg).fit(module, datamodule=datamodule)
     assert seen == [True]
     assert module.model.head.cls_logits.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def cpu_flags() -> set[str]:
+    """The CPU feature flags the Linux kernel reports (empty elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    return {
+        flag for line in text.splitlines() if line.startswith("flags") for flag in line.split(":")[1].split()
+    }
+
+
+@pytest.mark.skipif(not cpu_flags(), reason="needs /proc/cpuinfo")
+def test_precision_auto_on_this_cpu_follows_its_bf16_instructions():
+    # Independent of torch's detection: the kernel's flags for AVX-512-BF16 and AMX-BF16.
+    native = bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    assert trainer_precision("auto", "cpu") == ("bf16-mixed" if native else "32-true")
+
+
+@pytest.mark.parametrize(
+    ("accelerator", "cuda_available", "native", "expected"),
+    [
+        ("cpu", False, {"cpu"}, "bf16-mixed"),
+        ("cpu", True, {"cuda"}, "32-true"),  # the CPU is asked for, not the GPU torch sees
+        ("gpu", True, {"cuda"}, "bf16-mixed"),
+        ("cuda", True, set(), "32-true"),  # e.g. a V100: no bf16
+        ("auto", True, {"cuda"}, "bf16-mixed"),
+        ("auto", False, {"cuda"}, "32-true"),  # auto without a GPU is the CPU
+        ("auto", False, {"cpu"}, "bf16-mixed"),
+        ("mps", False, {"cpu"}, "32-true"),
+    ],
+)
+def test_precision_auto_is_bf16_where_the_accelerator_computes_it(
+    monkeypatch, accelerator, cuda_available, native, expected
+):
+    monkeypatch.setattr(train_cli, "native_bf16", lambda device: device.type in native)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda_available)
+    assert trainer_precision("auto", accelerator) == expected
+    # Any other value is Lightning's, passed on untouched.
+    assert trainer_precision("16-mixed", accelerator) == "16-mixed"
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_synthetic_experiment_trains_in_the_precision_auto_resolves_to(
+    monkeypatch, caplog, tmp_path, data_dir, native
+):
+    monkeypatch.setattr(train_cli, "native_bf16", lambda device: native)
+    # The experiment's own number format and layout (TINY pins fp32, contiguous).
+    cfg = tiny_config(
+        data_dir, tmp_path, "precision=auto", "module.channels_last=true", "trainer.fast_dev_run=true"
+    )
+    assert cfg.trainer.precision == "auto"
+    validate_config(cfg)  # kldet-train's own value, beside Lightning's
+    with caplog.at_level("INFO", logger="kldet.cli.train"):
+        trainer = build_trainer(cfg)
+    assert trainer.precision == ("bf16-mixed" if native else "32-true")
+    assert f"precision=auto: {trainer.precision} on this machine" in caplog.text
 
 
 def test_model_summary_counts_flops_on_the_example_input():

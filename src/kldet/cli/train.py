@@ -24,6 +24,7 @@ from typing import Any
 
 import hydra
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback as HydraCallback
 from hydra.utils import instantiate
@@ -40,6 +41,7 @@ from kldet.data.synthetic import generate
 from kldet.datamodule import KLDetDataModule
 from kldet.errors import KLDetConfigError, KLDetError
 from kldet.evaluation import format_table
+from kldet.inference.precision import native_bf16
 from kldet.lit import InterruptCheckpoint, KLDetModule
 from kldet.model import input_normalization
 
@@ -129,13 +131,29 @@ def config_callbacks(cfg: DictConfig) -> list[L.Callback]:
     return [instantiate(callback) for callback in (cfg.get("callbacks") or {}).values()]
 
 
+def trainer_precision(precision: str, accelerator: str) -> str:
+    """Lightning's ``precision`` for the configured one: "auto" (``precision=auto``) becomes "bf16-mixed"
+    where ``accelerator`` ("cpu", "gpu", "cuda", "mps" or "auto": CUDA when torch sees a GPU) computes bf16
+    natively (:func:`kldet.inference.precision.native_bf16`), else "32-true"; anything else is Lightning's."""
+    if precision != "auto":
+        return precision
+    if accelerator == "auto":
+        accelerator = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device("cuda" if accelerator == "gpu" else accelerator)
+    return "bf16-mixed" if native_bf16(device) else "32-true"
+
+
 def build_trainer(cfg: DictConfig, **overrides: Any) -> L.Trainer:
     """A Trainer from the ``trainer``, ``callbacks`` and ``logger`` configs, writing under
     ``cfg.paths.output_dir``; ``overrides`` replace any Trainer argument (those groups are then not built).
+    ``precision=auto`` is resolved by :func:`trainer_precision` (and logged).
 
     Without a logger (``logger=none``) a LearningRateMonitor has nowhere to write, so it is left out.
     """
     arguments = {**cfg.trainer, **overrides}
+    if arguments.get("precision") == "auto":
+        arguments["precision"] = trainer_precision("auto", arguments.get("accelerator", "auto"))
+        log.info("precision=auto: %s on this machine", arguments["precision"])
     if "callbacks" not in arguments:
         arguments["callbacks"] = config_callbacks(cfg)
     if "logger" not in arguments:

@@ -222,9 +222,12 @@ def _parameters(target: Callable[..., Any], excluded: frozenset[str] = frozenset
 
 def group_schemas() -> dict[str, tuple[str, dict[str, Any] | None]]:
     """``group -> (what it configures, {key: type hint})`` for the groups without a ``_target_``."""
+    trainer = _parameters(L.Trainer, frozenset({"logger", "callbacks"}))
+    # precision=auto is kldet-train's own value, resolved before the Trainer is built (cli.train.trainer_precision).
+    trainer["precision"] = trainer["precision"] | typing.Literal["auto"]
     return {
         "module": ("KLDetModule", _parameters(KLDetModule, frozenset(MODULE_INPUTS))),
-        "trainer": ("lightning.Trainer", _parameters(L.Trainer, frozenset({"logger", "callbacks"}))),
+        "trainer": ("lightning.Trainer", trainer),
         "synthetic": (
             "kldet.data.synthetic.generate",
             _parameters(generate, frozenset({"out", "format", "progress"})),

@@ -94,8 +94,12 @@ def train_fails(monkeypatch, capsys, *argv, base=TINY) -> str:
             "model.postprocess.candidates='top': choose one of points, pairs",
         ),
         ("trainer.precision=half", "trainer.precision='half': must be one of"),
-        ("trainer.precision=half", "bf16-mixed, 32-true"),  # Lightning's values ...
-        ("trainer.precision=half", "or one of auto"),  # ... and kldet-train's own
+        # Lightning's values and kldet-train's own in one list.
+        (
+            "trainer.precision=half",
+            "must be one of 64, 32, 16, transformer-engine, transformer-engine-float16,",
+        ),
+        ("trainer.precision=half", "bf16-mixed, 32-true, 64-true, bf16, auto or null"),
         ("module.metric=map", "module.metric='map': choose one of aitod, coco, voc"),
         ("model.style=caffee", "model.style='caffee': choose one of pytorch, caffe"),
         (

@@ -239,7 +239,13 @@ def describe(hint: Any) -> str:
     """What a value of type ``hint`` looks like, for messages: "an integer", "true or false", ..."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
-        return " or ".join(dict.fromkeys(describe(arg) for arg in args))
+        # The values of all the Literal members in one list (Lightning's precision has three such members).
+        values = [
+            str(v) for arg in args if typing.get_origin(arg) is typing.Literal for v in typing.get_args(arg)
+        ]
+        parts = [f"one of {', '.join(dict.fromkeys(values))}"] if values else []
+        parts += [describe(arg) for arg in args if typing.get_origin(arg) is not typing.Literal]
+        return " or ".join(dict.fromkeys(parts))
     if origin is typing.Literal:
         return "one of " + ", ".join(map(str, args))
     if origin is tuple and args and args[-1] is not Ellipsis:

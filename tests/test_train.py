@@ -282,11 +282,11 @@ def test_precision_auto_is_bf16_where_the_accelerator_computes_it(
 
 
 @pytest.mark.parametrize("native", [True, False])
-def test_synthetic_experiment_trains_in_the_precision_auto_resolves_to(
+def test_precision_auto_builds_the_trainer_in_the_precision_it_resolves_to(
     monkeypatch, caplog, tmp_path, data_dir, native
 ):
     monkeypatch.setattr(train_cli, "native_bf16", lambda device: native)
-    # The experiment's own number format and layout (TINY pins fp32, contiguous).
+    # The synthetic experiment's own number format and layout (TINY pins fp32, contiguous).
     cfg = tiny_config(
         data_dir, tmp_path, "precision=auto", "module.channels_last=true", "trainer.fast_dev_run=true"
     )

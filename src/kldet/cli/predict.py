@@ -79,7 +79,11 @@ class PredictConfig:
         None,
         "tile overlap, fraction of tile_size in [0, 1) (default: the checkpoint's if trained on crops, else 0.2)",
     )
-    score_thresh: float | None = option(None, "minimum score in [0, 1] (default: the checkpoint's)")
+    score_thresh: float | None = option(
+        None,
+        "candidate threshold in [0, 1] (default: the checkpoint's); with candidates=points (the authors' rule) "
+        "it bounds the class probability, so kept scores (probability x centerness) can be lower",
+    )
     nms_thresh: float | None = option(
         None, "class-wise NMS IoU in [0, 1] within and across tiles (default: the checkpoint's)"
     )

@@ -50,29 +50,29 @@ ROOT = Path(__file__).resolve().parents[1]
 # experiment itself trains in bf16 where the CPU computes it natively), so that its table is one format's.
 FP32 = ["precision=32-true", "module.channels_last=false"]
 BF16 = ["precision=bf16-mixed", "module.channels_last=true"]
+
+
+def detector(assigner: str, levels: str, attention: bool, number_format: list[str] = FP32) -> list[str]:
+    """kldet-train overrides of one configuration: assigner, FPN levels, TlA, number format and layout."""
+    return [
+        f"assigner={assigner}",
+        f"model.fpn_levels={levels}",
+        f"model.attention={str(attention).lower()}",
+        *number_format,
+    ]
+
+
 # name: (label, kldet-train overrides)
 CONFIGS = {
-    "fcos": (
-        "(a) FCOS P3-P7",
-        ["assigner=fcos", "model.fpn_levels=[3,4,5,6,7]", "model.attention=false", *FP32],
-    ),
-    "fcos_p2": (
-        "(b) FCOS P2-P6",
-        ["assigner=fcos", "model.fpn_levels=[2,3,4,5,6]", "model.attention=false", *FP32],
-    ),
-    "alitsm": (
-        "(c) + Ali-TSM",
-        ["assigner=alitsm", "model.fpn_levels=[2,3,4,5,6]", "model.attention=false", *FP32],
-    ),
-    "kldet": (
-        "(d) + TlA = KLDet",
-        ["assigner=alitsm", "model.fpn_levels=[2,3,4,5,6]", "model.attention=true", *FP32],
-    ),
+    "fcos": ("(a) FCOS P3-P7", detector("fcos", "[3,4,5,6,7]", attention=False)),
+    "fcos_p2": ("(b) FCOS P2-P6", detector("fcos", "[2,3,4,5,6]", attention=False)),
+    "alitsm": ("(c) + Ali-TSM", detector("alitsm", "[2,3,4,5,6]", attention=False)),
+    "kldet": ("(d) + TlA = KLDet", detector("alitsm", "[2,3,4,5,6]", attention=True)),
     # Not an ablation step: (d) trained in bf16 autocast with channels-last tensors (what
     # experiment=synthetic does on a CPU with native bf16; issue 15's check before it became the default).
     "kldet_bf16": (
         "(d) KLDet, bf16-mixed + channels-last",
-        ["assigner=alitsm", "model.fpn_levels=[2,3,4,5,6]", "model.attention=true", *BF16],
+        detector("alitsm", "[2,3,4,5,6]", attention=True, number_format=BF16),
     ),
 }
 #: The ablation's steps (the default ``--configs``).

@@ -13,10 +13,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from helpers import tiny_spec
 from kldet.analysis.model import count_flops
-from kldet.cli import train as train_cli
 from kldet.cli.evaluate import main as kldet_eval
 from kldet.cli.train import build_datamodule, build_module, build_trainer, train, trainer_precision
 from kldet.cli.validate import validate_config
+from kldet.inference import precision as precision_module
 from kldet.lit import EXAMPLE_INPUT_SIZE, KLDetModule, NonFiniteLossError
 from kldet.model import KLDet
 from kldet.optim import WarmupMultiStep
@@ -274,7 +274,7 @@ def test_precision_auto_on_this_cpu_follows_its_bf16_instructions():
 def test_precision_auto_is_bf16_where_the_accelerator_computes_it(
     monkeypatch, accelerator, cuda_available, native, expected
 ):
-    monkeypatch.setattr(train_cli, "native_bf16", lambda device: device.type in native)
+    monkeypatch.setattr(precision_module, "native_bf16", lambda device: device.type in native)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda_available)
     assert trainer_precision("auto", accelerator) == expected
     # Any other value is Lightning's, passed on untouched.
@@ -285,7 +285,7 @@ def test_precision_auto_is_bf16_where_the_accelerator_computes_it(
 def test_precision_auto_builds_the_trainer_in_the_precision_it_resolves_to(
     monkeypatch, caplog, tmp_path, data_dir, native
 ):
-    monkeypatch.setattr(train_cli, "native_bf16", lambda device: native)
+    monkeypatch.setattr(precision_module, "native_bf16", lambda device: native)
     # The synthetic experiment's own number format and layout (TINY pins fp32, contiguous).
     cfg = tiny_config(
         data_dir, tmp_path, "precision=auto", "module.channels_last=true", "trainer.fast_dev_run=true"

@@ -41,7 +41,7 @@ from kldet.data.synthetic import generate
 from kldet.datamodule import KLDetDataModule
 from kldet.errors import KLDetConfigError, KLDetError
 from kldet.evaluation import format_table
-from kldet.inference.precision import native_bf16
+from kldet.inference.precision import resolve_precision
 from kldet.lit import InterruptCheckpoint, KLDetModule
 from kldet.model import input_normalization
 
@@ -134,13 +134,14 @@ def config_callbacks(cfg: DictConfig) -> list[L.Callback]:
 def trainer_precision(precision: str, accelerator: str) -> str:
     """Lightning's ``precision`` for the configured one: "auto" (``precision=auto``) becomes "bf16-mixed"
     where ``accelerator`` ("cpu", "gpu", "cuda", "mps" or "auto": CUDA when torch sees a GPU) computes bf16
-    natively (:func:`kldet.inference.precision.native_bf16`), else "32-true"; anything else is Lightning's."""
+    natively, else "32-true" (the rule of kldet-predict's ``precision=auto``,
+    :func:`kldet.inference.precision.resolve_precision`); anything else is Lightning's."""
     if precision != "auto":
         return precision
     if accelerator == "auto":
         accelerator = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device("cuda" if accelerator == "gpu" else accelerator)
-    return "bf16-mixed" if native_bf16(device) else "32-true"
+    return {"bf16": "bf16-mixed", "fp32": "32-true"}[resolve_precision("auto", device)]
 
 
 def build_trainer(cfg: DictConfig, **overrides: Any) -> L.Trainer:
@@ -151,9 +152,11 @@ def build_trainer(cfg: DictConfig, **overrides: Any) -> L.Trainer:
     Without a logger (``logger=none``) a LearningRateMonitor has nowhere to write, so it is left out.
     """
     arguments = {**cfg.trainer, **overrides}
-    if arguments.get("precision") == "auto":
-        arguments["precision"] = trainer_precision("auto", arguments.get("accelerator", "auto"))
-        log.info("precision=auto: %s on this machine", arguments["precision"])
+    if "precision" in arguments:
+        configured = arguments["precision"]
+        arguments["precision"] = trainer_precision(configured, arguments.get("accelerator", "auto"))
+        if configured == "auto":
+            log.info("precision=auto: %s on this machine", arguments["precision"])
     if "callbacks" not in arguments:
         arguments["callbacks"] = config_callbacks(cfg)
     if "logger" not in arguments:

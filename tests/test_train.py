@@ -16,6 +16,7 @@ from kldet.analysis.model import count_flops
 from kldet.cli.evaluate import main as kldet_eval
 from kldet.cli.train import build_datamodule, build_module, build_trainer, train, trainer_precision
 from kldet.cli.validate import validate_config
+from kldet.errors import KLDetConfigError
 from kldet.inference import precision as precision_module
 from kldet.lit import EXAMPLE_INPUT_SIZE, KLDetModule, NonFiniteLossError
 from kldet.model import KLDet
@@ -296,6 +297,15 @@ def test_precision_auto_builds_the_trainer_in_the_precision_it_resolves_to(
         trainer = build_trainer(cfg)
     assert trainer.precision == ("bf16-mixed" if native else "32-true")
     assert f"precision=auto: {trainer.precision} on this machine" in caplog.text
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_a_gpu_trainer_without_a_gpu_is_one_config_error(tmp_path, data_dir):
+    cfg = tiny_config(data_dir, tmp_path, "trainer=gpu")
+    with pytest.raises(
+        KLDetConfigError, match=r"^trainer.accelerator='gpu', trainer.devices=1: .*trainer=cpu"
+    ):
+        build_trainer(cfg)
 
 
 def test_model_summary_counts_flops_on_the_example_input():

@@ -29,7 +29,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback as HydraCallback
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
-from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 from omegaconf import DictConfig
 
 from kldet.checkpoint import read_checkpoint
@@ -165,7 +165,13 @@ def build_trainer(cfg: DictConfig, **overrides: Any) -> L.Trainer:
         arguments["callbacks"] = [c for c in arguments["callbacks"] if not isinstance(c, LearningRateMonitor)]
     if "default_root_dir" not in arguments:
         arguments["default_root_dir"] = cfg.paths.output_dir
-    return L.Trainer(**arguments)
+    try:
+        return L.Trainer(**arguments)
+    except MisconfigurationException as error:  # e.g. trainer=gpu on a machine without one
+        raise KLDetConfigError(
+            f"trainer.accelerator={arguments.get('accelerator')!r}, trainer.devices={arguments.get('devices')!r}: "
+            f"{error} (trainer=cpu runs on the CPU)"
+        ) from None
 
 
 def check_writable(folder: str | Path, keys: str) -> None:
